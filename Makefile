@@ -1,0 +1,28 @@
+# The two commands of the README: `make devnet` and `make test`. Both set up the machine first.
+# Builds go outside the clone so that CI and later runs reuse them.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/rtchain/target
+export CARGO_TARGET_DIR
+
+.PHONY: setup devnet test build fmt lint statetest
+
+setup:
+	bash scripts/setup.sh
+
+devnet: setup
+	cargo run --bin rtchain -- devnet $(ARGS)
+
+test: setup
+	bash scripts/test.sh
+
+build:
+	cargo build --bins --tests
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+statetest:
+	cargo run --bin rtchain -- statetest ../shared/ethereum-tests/GeneralStateTests

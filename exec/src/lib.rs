@@ -1,0 +1,24 @@
+//! Execution for rtchain: decoding and checking transactions (EIP-2718 envelopes, sender
+//! recovery with libsecp256k1), executing them on revm over a [`StateReader`], and building
+//! receipts, logs blooms and the EIP-1559 base fee.
+//!
+//! This crate knows nothing of storage engines, networking or consensus: state comes in through
+//! the [`StateReader`] trait, so the same executor runs over RocksDB, an in-memory overlay or a
+//! state-test fixture, and gives the same result on every validator.
+
+pub mod call;
+pub mod config;
+pub mod executor;
+pub mod receipt;
+pub mod state;
+pub mod tx;
+pub mod types;
+
+pub use config::ExecConfig;
+pub use executor::{BlockContext, SimulationChecks, TxOutcome};
+pub use state::{AccountChange, Overlay, StateDiff, StateError, StateReader};
+pub use tx::{TxError, decode_and_recover};
+pub use types::{MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, TxLocation, TxReceipt};
+
+/// Re-exported so that dependants name one revm.
+pub use revm;

@@ -1,0 +1,202 @@
+//! The seam between the JSON-RPC server and the node: the server speaks JSON and Ethereum's
+//! RPC conventions; the backend owns chain data, state and the transaction path.
+
+use std::sync::Arc;
+
+use alloy_primitives::{Address, B256, Bytes, U256};
+use alloy_rpc_types_eth::{
+    AccessList, BlockOverrides, EIP1186AccountProofResponse, Filter, Log, TransactionRequest,
+    state::StateOverride,
+};
+use rtchain_exec::types::{MiniBlock, RecoveredTx, SealedBlock, TxLocation, TxReceipt};
+use tokio::sync::{broadcast, oneshot};
+
+/// Which state a read sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateAt {
+    /// The newest executed mini-block (tags `latest` and `pending`, and the head block number).
+    Latest,
+    /// The state right after the given EVM block. A node that keeps only the newest state
+    /// answers [`BackendError::HistoricalStateUnavailable`] for anything but the head.
+    Block(u64),
+}
+
+/// Heads of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Newest sealed EVM block (tag `latest` for block queries).
+    pub block_number: u64,
+    pub block_hash: B256,
+    /// Newest executed mini-block.
+    pub mini_block_number: u64,
+    /// Newest notarized and finalized EVM blocks (a single node: equal to `block_number`).
+    pub safe_block_number: u64,
+    pub finalized_block_number: u64,
+}
+
+/// A transaction and where it is, if it has executed.
+#[derive(Debug, Clone)]
+pub struct TxView {
+    pub tx: RecoveredTx,
+    /// `None` while the transaction waits in the pool (not executed yet).
+    pub location: Option<TxLocation>,
+}
+
+/// A receipt with its transaction and location (`location.block_hash` is `None` while the
+/// receipt is preconfirmed).
+#[derive(Debug, Clone)]
+pub struct ReceiptView {
+    pub tx: RecoveredTx,
+    pub receipt: TxReceipt,
+    pub location: TxLocation,
+}
+
+/// Result of a simulated call (eth_call, eth_estimateGas, eth_createAccessList).
+#[derive(Debug, Clone)]
+pub enum CallOutcome {
+    Success {
+        gas_used: u64,
+        output: Bytes,
+        logs: Vec<alloy_primitives::Log>,
+    },
+    /// The call reverted; `output` is the revert data (an `Error(string)` reason or custom error).
+    Revert { gas_used: u64, output: Bytes },
+    /// The call halted (out of gas, invalid opcode, ...); `reason` is human-readable.
+    Halt { gas_used: u64, reason: String },
+}
+
+/// Events pushed to subscribers (eth_subscribe newHeads, logs, miniBlocks; filters).
+#[derive(Debug, Clone)]
+pub enum ChainEvent {
+    MiniBlock(Arc<MiniBlock>),
+    Block(Arc<SealedBlock>),
+}
+
+/// Why the backend refused a request. The RPC layer maps each to geth's code and message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// A transaction failed validation; the message is geth's text (e.g. "nonce too low: next
+    /// nonce 3, tx nonce 1", "insufficient funds for gas * price + value", "intrinsic gas too
+    /// low"), answered with code -32000.
+    #[error("{0}")]
+    InvalidTransaction(String),
+    /// The transaction is already known (pool or chain): geth answers "already known".
+    #[error("already known")]
+    AlreadyKnown,
+    /// The pool is full or the sender has too many queued transactions.
+    #[error("{0}")]
+    PoolFull(String),
+    #[error("historical state unavailable for block {0}: this node keeps only the newest state")]
+    HistoricalStateUnavailable(u64),
+    #[error("header not found")]
+    BlockNotFound,
+    /// Bad parameters the backend noticed (code -32602).
+    #[error("{0}")]
+    InvalidParams(String),
+    /// A query hit a bound (e.g. more than `limit` logs): code -32005 "limit exceeded", so that a
+    /// client narrows its query instead of retrying it as is.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The node is shutting down or the sequencer stopped.
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What the RPC server needs from a node. Methods are synchronous (reads hit RocksDB and memory
+/// and take microseconds); the RPC layer calls them from tokio worker threads.
+pub trait Backend: Send + Sync + 'static {
+    fn chain_id(&self) -> u64;
+    fn client_version(&self) -> String;
+    fn head(&self) -> ChainHead;
+
+    /// Sealed EVM blocks.
+    fn block_by_number(&self, number: u64) -> Result<Option<Arc<SealedBlock>>, BackendError>;
+    fn block_number_by_hash(&self, hash: B256) -> Result<Option<u64>, BackendError>;
+
+    fn transaction(&self, hash: B256) -> Result<Option<TxView>, BackendError>;
+    /// The receipt once the transaction's mini-block executed (preconfirmed) or its EVM block
+    /// sealed. Standard `eth_getTransactionReceipt` only returns sealed receipts (see docs/rpc.md).
+    fn receipt(&self, hash: B256) -> Result<Option<ReceiptView>, BackendError>;
+
+    /// Logs matching `filter` between two sealed blocks (inclusive), block-ordered, at most
+    /// `limit` of them (more is an error, so that a client narrows its range).
+    fn logs(
+        &self,
+        from: u64,
+        to: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Log>, BackendError>;
+
+    fn balance(&self, address: Address, at: StateAt) -> Result<U256, BackendError>;
+    /// Nonce after the newest mini-block (`at = Latest`) or at a block.
+    fn nonce(&self, address: Address, at: StateAt) -> Result<u64, BackendError>;
+    /// Next nonce counting transactions waiting in the pool (tag `pending`).
+    fn pending_nonce(&self, address: Address) -> Result<u64, BackendError>;
+    fn code(&self, address: Address, at: StateAt) -> Result<Bytes, BackendError>;
+    fn storage(&self, address: Address, slot: U256, at: StateAt) -> Result<B256, BackendError>;
+
+    /// Executes a call without committing. `request.gas` unset means the block gas limit.
+    fn call(
+        &self,
+        request: &TransactionRequest,
+        at: StateAt,
+        state_overrides: Option<&StateOverride>,
+        block_overrides: Option<&BlockOverrides>,
+    ) -> Result<CallOutcome, BackendError>;
+    /// Smallest gas limit with which the call succeeds (binary search, as geth does). A call
+    /// that fails at the maximum answers its outcome as `Err(Ok(outcome))`-style via CallOutcome.
+    fn estimate_gas(
+        &self,
+        request: &TransactionRequest,
+        at: StateAt,
+        state_overrides: Option<&StateOverride>,
+    ) -> Result<Result<u64, CallOutcome>, BackendError>;
+    /// The access list the call touches and the gas it uses with that list.
+    fn create_access_list(
+        &self,
+        request: &TransactionRequest,
+        at: StateAt,
+    ) -> Result<(AccessList, CallOutcome), BackendError>;
+
+    /// Validates and queues a raw EIP-2718 transaction; returns its hash.
+    fn send_raw_transaction(&self, raw: Bytes) -> Result<B256, BackendError>;
+    /// Like `send_raw_transaction`, plus a channel that yields the preconfirmed receipt as soon
+    /// as the transaction's mini-block is executed and durable (or an error if it was dropped).
+    fn send_raw_transaction_with_receipt(
+        &self,
+        raw: Bytes,
+    ) -> Result<(B256, oneshot::Receiver<Result<ReceiptView, BackendError>>), BackendError>;
+
+    /// EIP-1186 proof against the state root of a sealed block (only the head is kept).
+    fn proof(
+        &self,
+        address: Address,
+        slots: &[B256],
+        at: StateAt,
+    ) -> Result<EIP1186AccountProofResponse, BackendError>;
+
+    /// Base fee the next EVM block will charge.
+    fn next_base_fee(&self) -> u64;
+    /// Suggested priority fee (eth_maxPriorityFeePerGas).
+    fn suggested_priority_fee(&self) -> u128;
+    /// Block gas limit of new blocks.
+    fn block_gas_limit(&self) -> u64;
+
+    fn subscribe(&self) -> broadcast::Receiver<ChainEvent>;
+
+    /// Whether `hash` is accepted but not yet in a sealed block (in the pool or preconfirmed).
+    /// `eth_getTransactionReceipt` then waits for the next seal (bounded) instead of answering
+    /// null, because standard clients poll slowly after a null (viem waits 4 s).
+    fn receipt_pending(&self, hash: B256) -> bool {
+        let _ = hash;
+        false
+    }
+
+    /// Newest sealed block number, updated on every seal.
+    fn sealed_watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}

@@ -1,0 +1,18 @@
+//! `rtchain bench`: load generators that measure a running node from the outside.
+//!
+//! Owns the client side of a benchmark: deriving and funding sender accounts, pre-signing the
+//! load, sending it on a fixed schedule, timing the replies and reporting one JSON line per
+//! target. Does not own any node: targets are reached over JSON-RPC exactly as a wallet would,
+//! so one run can measure rtchain and anvil side by side with the same load. The one exception
+//! is `--anvil`, which starts a throw-away anvil on a loopback port for such comparisons.
+//!
+//! See `docs/benchmarking.md` for what each benchmark measures and how to read its output.
+
+mod anvil;
+mod chain;
+mod erc20;
+pub mod error;
+pub mod report;
+pub mod rpc;
+
+pub use rpc::{RpcBenchArgs, run_rpc_bench};

@@ -1,0 +1,229 @@
+//! `rtchain`: the real-time EVM L2 validator appliance.
+//!
+//! Subcommands: `devnet` (a local chain with the embedded dev genesis), `node` (a persistent
+//! node from a TOML config), `statetest` (ethereum/tests through our executor), `bench`.
+
+mod bench;
+mod config;
+mod node;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::NodeConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "rtchain",
+    version,
+    about = "Real-time EVM-compatible L2 validator appliance"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local single-validator chain with the dev accounts funded.
+    Devnet(DevnetArgs),
+    /// Run a persistent node from a TOML config file (see docs/operator.md).
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Recomputes the state root of a stopped node's data directory from the flat state alone
+    /// and compares it with the newest header's stateRoot (crash tests; exits 1 on mismatch).
+    #[command(hide = true)]
+    VerifyState {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Open-loop JSON-RPC load: submit-to-receipt latency and sustained rate.
+    Rpc(bench::RpcBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct DevnetArgs {
+    /// Keep chain data here across runs (default: a fresh directory deleted on exit).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// JSON-RPC address (HTTP and WebSocket).
+    #[arg(long, default_value = "127.0.0.1:8545")]
+    rpc_addr: SocketAddr,
+    #[arg(long, default_value_t = 31337)]
+    chain_id: u64,
+    /// An EVM block is sealed this many milliseconds after its first mini-block.
+    #[arg(long, default_value_t = 100)]
+    block_interval_ms: u64,
+    /// A geth-style genesis.json instead of the built-in dev genesis.
+    #[arg(long)]
+    genesis: Option<PathBuf>,
+    /// Skip fdatasync of the mini-block log (benchmarks only: a crash can lose acknowledged
+    /// transactions).
+    #[arg(long)]
+    unsafe_no_sync: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Devnet(args) => devnet(args).await,
+            Command::Node { config } => {
+                let config = NodeConfig::from_toml_file(&config)?;
+                run_node(config, None).await
+            }
+            Command::Bench(BenchCommand::Rpc(args)) => bench::run_rpc_bench(args)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Command::VerifyState { data_dir } => verify_state(&data_dir),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn devnet(args: DevnetArgs) -> Result<(), String> {
+    let (data_dir, _temp) = match args.data_dir {
+        Some(dir) => (dir, None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("rtchain-devnet-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temporary data directory: {e}"))?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    };
+    let mut config = NodeConfig {
+        data_dir,
+        ..NodeConfig::default()
+    };
+    config.rpc.addr = args.rpc_addr;
+    config.chain.chain_id = args.chain_id;
+    config.chain.genesis = args.genesis;
+    config.sequencer.block_interval_ms = args.block_interval_ms;
+    config.sequencer.idle_block_interval_ms = config
+        .sequencer
+        .idle_block_interval_ms
+        .max(args.block_interval_ms);
+    if args.unsafe_no_sync {
+        eprintln!(
+            "WARNING: --unsafe-no-sync: the mini-block log is not synced; a crash can lose acknowledged transactions"
+        );
+        config.storage.minilog_sync = rtchain_state::minilog::SyncMode::Off;
+    }
+    run_node(config, Some(print_dev_accounts)).await
+}
+
+/// The incremental root must never drift from the flat state: recompute it from scratch over the
+/// committed state (the newest sealed block; mini-blocks only in the log are not applied).
+fn verify_state(data_dir: &std::path::Path) -> Result<(), String> {
+    let store = rtchain_state::Store::open(&data_dir.join("db")).map_err(|e| e.to_string())?;
+    let view = store.view();
+    let head = view
+        .head()
+        .map_err(|e| e.to_string())?
+        .ok_or("the data directory has no chain head")?;
+    let header = view
+        .header(head.number)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("head block {} has no header", head.number))?;
+    let recomputed =
+        rtchain_state::state_root::full_state_root(&view).map_err(|e| e.to_string())?;
+    println!("block {} ({})", head.number, head.hash);
+    println!("stored stateRoot:     {}", header.state_root);
+    println!("recomputed stateRoot: {recomputed}");
+    if recomputed != header.state_root {
+        return Err(format!("state root mismatch at block {}", head.number));
+    }
+    println!("state root OK");
+    Ok(())
+}
+
+fn print_dev_accounts() {
+    use alloy_signer_local::{MnemonicBuilder, coins_bip39::English};
+    println!(
+        "Dev accounts (10,000 ETH each), mnemonic: {}",
+        rtchain_state::genesis::DEV_MNEMONIC
+    );
+    for (i, expected) in rtchain_state::genesis::DEV_ACCOUNTS.iter().enumerate() {
+        let signer = MnemonicBuilder::<English>::default()
+            .phrase(rtchain_state::genesis::DEV_MNEMONIC)
+            .index(i as u32)
+            .and_then(|b| b.build());
+        match signer {
+            Ok(signer) if signer.address() == *expected => {
+                println!(
+                    "({i}) {expected}  private key 0x{}",
+                    alloy_primitives::hex::encode(signer.to_bytes())
+                );
+            }
+            _ => println!("({i}) {expected}"),
+        }
+    }
+}
+
+async fn run_node(config: NodeConfig, banner: Option<fn()>) -> Result<(), String> {
+    let node = node::Node::start(config).await.map_err(|e| e.to_string())?;
+    let addr = node.rpc.local_addr();
+    let head = node.chain.state.read().head;
+    println!("rtchain {} listening", env!("CARGO_PKG_VERSION"));
+    println!("RPC: http://{addr} (WebSocket: ws://{addr})");
+    println!(
+        "Chain id: {}  head block: {} ({})",
+        node.chain.exec.chain_id, head.number, head.hash
+    );
+    if let Some(banner) = banner {
+        banner();
+    }
+    wait_for_signal().await;
+    println!("shutting down");
+    node.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,313 @@
+//! State shared between the sequencer thread and RPC: the sealed head, the open block's layers,
+//! preconfirmed receipts, the pool index, and the event feeds.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+};
+
+use alloy_consensus::Header;
+use alloy_primitives::B256;
+use parking_lot::RwLock;
+use rtchain_exec::{
+    BlockContext, ExecConfig, RecoveredTx, SealedBlock, TxLocation, TxReceipt,
+    revm::primitives::hardfork::SpecId,
+};
+use rtchain_rpc::backend::{BackendError, ChainEvent, ReceiptView};
+use rtchain_state::{
+    Genesis, LayeredState, Layers, LogRecord, MiniLog, Store,
+    store::{BlockCommit, Head, StoreView},
+};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::NodeError;
+use crate::config::{NodeConfig, SequencerSection};
+
+/// Recent sealed blocks kept in memory for RPC and subscriptions.
+const RECENT_BLOCKS: usize = 256;
+/// Subscribers that fall this far behind lose events (and are told so by the broadcast).
+const EVENT_CAPACITY: usize = 4_096;
+
+/// A transaction handed to the sequencer, with where to send its receipt if someone waits.
+pub struct Submission {
+    pub tx: RecoveredTx,
+    pub reply: Option<oneshot::Sender<Result<ReceiptView, BackendError>>>,
+}
+
+/// The part that changes with every mini-block and block.
+pub struct ChainState {
+    pub head: Head,
+    pub head_header: Header,
+    /// Diffs of the open block's mini-blocks, oldest first.
+    pub layers: Arc<Layers>,
+    /// The open EVM block, if any mini-block has started it.
+    pub open_block: Option<BlockContext>,
+    /// Executed but not yet sealed: transaction, receipt, location.
+    pub preconfirmed: HashMap<B256, (RecoveredTx, TxReceipt, TxLocation)>,
+    pub last_mini_block: u64,
+    pub last_mini_block_hash: B256,
+}
+
+pub struct Chain {
+    pub exec: ExecConfig,
+    pub sequencer: SequencerSection,
+    pub store: Store,
+    pub client_version: String,
+    pub state: RwLock<ChainState>,
+    pub events: broadcast::Sender<ChainEvent>,
+    /// Newest sealed block number, for receipt waiters.
+    pub sealed: watch::Sender<u64>,
+    pub recent: RwLock<VecDeque<Arc<SealedBlock>>>,
+    /// Transactions accepted but not executed yet (in the channel or waiting for a nonce gap).
+    pub pool: RwLock<HashMap<B256, RecoveredTx>>,
+    ingress: SyncSender<Submission>,
+    shutdown: AtomicBool,
+}
+
+/// What the sequencer starts from.
+pub struct Recovered {
+    pub ingress: Receiver<Submission>,
+    pub minilog: MiniLog,
+    /// Log records after the newest committed block, to replay.
+    pub replay: Vec<LogRecord>,
+}
+
+impl Chain {
+    pub fn submit(&self, submission: Submission) -> Result<(), BackendError> {
+        if self.is_shut_down() {
+            return Err(BackendError::Unavailable("node is shutting down".into()));
+        }
+        let hash = submission.tx.hash;
+        let tx = submission.tx.clone();
+        {
+            let mut pool = self.pool.write();
+            if pool.contains_key(&hash) {
+                return Err(BackendError::AlreadyKnown);
+            }
+            pool.insert(hash, tx);
+        }
+        match self.ingress.try_send(submission) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.pool.write().remove(&hash);
+                Err(match e {
+                    TrySendError::Full(_) => BackendError::PoolFull("txpool is full".into()),
+                    TrySendError::Disconnected(_) => {
+                        BackendError::Unavailable("sequencer stopped".into())
+                    }
+                })
+            }
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// The newest state: the open block's layers over a RocksDB snapshot. Layers first, so
+    /// that a concurrent seal can only make the snapshot newer than the layers, which is safe.
+    pub fn latest_state(&self) -> LayeredState<StoreView<'_>> {
+        let layers = self.state.read().layers.clone();
+        LayeredState::new(layers, self.store.view())
+    }
+
+    /// The context the next transaction would execute under (for calls): the open block's, or
+    /// the one the next block would get.
+    pub fn pending_block_context(&self) -> BlockContext {
+        let state = self.state.read();
+        state.open_block.unwrap_or_else(|| {
+            next_block_context(&self.exec, &state.head_header, state.head.hash, now_us())
+        })
+    }
+
+    pub fn push_recent(&self, block: Arc<SealedBlock>) {
+        let mut recent = self.recent.write();
+        if recent.len() >= RECENT_BLOCKS {
+            recent.pop_front();
+        }
+        recent.push_back(block);
+    }
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+/// The block after `parent`, opened at `now_us`. Everything but the timestamp follows from the
+/// parent, so replay rebuilds the same context from the logged timestamp.
+pub fn next_block_context(
+    exec: &ExecConfig,
+    parent: &Header,
+    parent_hash: B256,
+    now_us: u64,
+) -> BlockContext {
+    let parent_base_fee = parent
+        .base_fee_per_gas
+        .unwrap_or(rtchain_state::genesis::INITIAL_BASE_FEE);
+    BlockContext {
+        number: parent.number + 1,
+        timestamp: (now_us / 1_000_000).max(parent.timestamp),
+        beneficiary: exec.coinbase,
+        base_fee: exec.next_base_fee(parent.gas_used, parent.gas_limit, parent_base_fee),
+        gas_limit: exec.block_gas_limit,
+        prevrandao: alloy_primitives::keccak256(parent_hash),
+    }
+}
+
+/// Opens the data directory: storage (initialising genesis on first start), the mini-block log,
+/// and the records to replay.
+pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let genesis = match &config.chain.genesis {
+        Some(path) => Genesis::from_file(path)?,
+        None => Genesis::dev(config.chain.chain_id, config.chain.block_gas_limit),
+    };
+    let spec: SpecId = config.chain.spec.parse().map_err(|_| {
+        NodeError::Config(format!(
+            "chain.spec: unknown EVM spec {:?}",
+            config.chain.spec
+        ))
+    })?;
+    let exec = ExecConfig {
+        chain_id: genesis.chain_id,
+        spec,
+        block_gas_limit: genesis.gas_limit,
+        coinbase: config.chain.coinbase,
+        ..ExecConfig::dev(genesis.chain_id)
+    };
+    let store = Store::open(&dir.join("db"))?;
+    let head = init_genesis(&store, &genesis)?;
+    let head_header = store
+        .header(head.number)?
+        .ok_or_else(|| NodeError::Recovery(format!("head block {} has no header", head.number)))?;
+    let (minilog, records) = MiniLog::open(
+        &dir.join("minilog"),
+        config.storage.minilog_size_bytes,
+        config.storage.minilog_sync,
+    )?;
+    let replay: Vec<LogRecord> = records
+        .into_iter()
+        .filter(|r| r.mini_block() > head.last_mini_block)
+        .collect();
+    let replay = trim_replay(replay, head.last_mini_block);
+
+    let (ingress, rx) = sync_channel(config.sequencer.max_pending_txs);
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let (sealed, _) = watch::channel(head.number);
+    let state = ChainState {
+        head,
+        head_header,
+        layers: Arc::new(Layers::default()),
+        open_block: None,
+        preconfirmed: HashMap::new(),
+        last_mini_block: head.last_mini_block,
+        last_mini_block_hash: B256::ZERO,
+    };
+    let chain = Chain {
+        exec,
+        sequencer: config.sequencer.clone(),
+        store,
+        client_version: format!("rtchain/v{}/linux-x86_64", env!("CARGO_PKG_VERSION")),
+        state: RwLock::new(state),
+        events,
+        sealed,
+        recent: RwLock::new(VecDeque::with_capacity(RECENT_BLOCKS)),
+        pool: RwLock::new(HashMap::new()),
+        ingress,
+        shutdown: AtomicBool::new(false),
+    };
+    Ok((
+        chain,
+        Recovered {
+            ingress: rx,
+            minilog,
+            replay,
+        },
+    ))
+}
+
+/// Keeps the consecutive run of records right after the committed head; anything after a gap
+/// cannot be applied (and was never acknowledged after the gap).
+fn trim_replay(records: Vec<LogRecord>, last_committed: u64) -> Vec<LogRecord> {
+    let mut expected = last_committed + 1;
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        match &record {
+            LogRecord::MiniBlock(m) if m.number == expected => expected += 1,
+            LogRecord::MiniBlock(_) => break,
+            LogRecord::Seal {
+                last_mini_block, ..
+            } if *last_mini_block + 1 == expected => {}
+            LogRecord::Seal { .. } => break,
+        }
+        out.push(record);
+    }
+    out
+}
+
+/// Writes the genesis block on first start; on later starts checks that the data directory
+/// belongs to this chain.
+fn init_genesis(store: &Store, genesis: &Genesis) -> Result<Head, NodeError> {
+    if let Some(head) = store.head()? {
+        let marker = store.chain_marker()?.unwrap_or_default();
+        let genesis_hash = store
+            .header(0)?
+            .map(|h| h.hash_slow())
+            .ok_or_else(|| NodeError::Recovery("genesis header missing".into()))?;
+        let expected_genesis = genesis.header(genesis.state_root()).hash_slow();
+        if marker != chain_marker(genesis.chain_id, expected_genesis)
+            || expected_genesis != genesis_hash
+        {
+            return Err(NodeError::Config(format!(
+                "data directory {} holds another chain (its genesis is {genesis_hash}, the configured chain's is {expected_genesis}); use another --data-dir",
+                store.path().display()
+            )));
+        }
+        return Ok(head);
+    }
+    let diff = genesis.state_diff();
+    let view = store.view();
+    let (root, trie) =
+        rtchain_state::state_root::apply_diff(&view, alloy_trie::EMPTY_ROOT_HASH, &diff)?;
+    drop(view);
+    let header = genesis.header(root);
+    let hash = header.hash_slow();
+    store.commit_block(&BlockCommit {
+        header: &header,
+        hash,
+        transactions: &[],
+        receipts: &[],
+        mini_blocks: &[],
+        last_mini_block: 0,
+        diff: &diff,
+        trie: &trie,
+    })?;
+    store.sync()?;
+    store.set_chain_marker(&chain_marker(genesis.chain_id, hash))?;
+    Ok(Head {
+        number: 0,
+        hash,
+        last_mini_block: 0,
+    })
+}
+
+fn chain_marker(chain_id: u64, genesis_hash: B256) -> Vec<u8> {
+    let mut marker = chain_id.to_be_bytes().to_vec();
+    marker.extend_from_slice(genesis_hash.as_slice());
+    marker
+}

@@ -1,0 +1,83 @@
+//! A single-validator node assembled from the crates: storage, the sequencer thread that cuts,
+//! executes and logs mini-blocks and seals EVM blocks, and the JSON-RPC backend.
+
+mod backend;
+mod chain;
+mod sequencer;
+
+use std::{sync::Arc, thread::JoinHandle};
+
+pub use backend::NodeBackend;
+pub use chain::Chain;
+
+use crate::config::NodeConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] rtchain_state::StoreError),
+    #[error(transparent)]
+    MiniLog(#[from] rtchain_state::MiniLogError),
+    #[error(transparent)]
+    Genesis(#[from] rtchain_state::GenesisError),
+    #[error("state: {0}")]
+    State(#[from] rtchain_exec::StateError),
+    #[error("recovery: {0}")]
+    Recovery(String),
+    #[error("rpc: {0}")]
+    Rpc(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running node: the sequencer thread and the RPC server.
+pub struct Node {
+    pub chain: Arc<Chain>,
+    pub rpc: rtchain_rpc::RpcHandle,
+    sequencer: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens (or initialises) the data directory, replays the mini-block log, starts the
+    /// sequencer and serves RPC. Must be called inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        config.validate().map_err(NodeError::Config)?;
+        let (chain, recovered) = chain::open(&config)?;
+        let chain = Arc::new(chain);
+        let sequencer = sequencer::spawn(chain.clone(), recovered)?;
+        let backend = Arc::new(NodeBackend::new(chain.clone()));
+        let rpc_config = rtchain_rpc::RpcConfig {
+            addr: config.rpc.addr,
+            max_connections: config.rpc.max_connections,
+            max_request_body_bytes: config.rpc.max_request_body_bytes,
+            max_batch_len: config.rpc.max_batch_len,
+            ..Default::default()
+        };
+        let rpc = rtchain_rpc::start(rpc_config, backend)
+            .await
+            .map_err(|e| NodeError::Rpc(e.to_string()))?;
+        Ok(Self {
+            chain,
+            rpc,
+            sequencer: Some(sequencer),
+        })
+    }
+
+    /// Stops RPC, lets the sequencer finish its mini-block, and syncs storage.
+    pub async fn stop(mut self) {
+        let _ = self.rpc.stop();
+        self.rpc.stopped().await;
+        self.chain.shutdown();
+        if let Some(handle) = self.sequencer.take() {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        if let Err(e) = self.chain.store.sync() {
+            tracing::error!("sync on shutdown failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,637 @@
+//! The sequencer: one thread that cuts mini-blocks as soon as transactions wait, executes them,
+//! makes them durable in the mini-block log, answers their receipts, and seals EVM blocks.
+//!
+//! Its loop never sleeps on a fixed period: it blocks on the ingress queue until a transaction
+//! arrives or the open block's seal is due, so a lone transaction executes as soon as it lands.
+//! Sealing (trie update, header, RocksDB batch) runs on this thread between mini-blocks: the
+//! next block's BLOCKHASH needs the parent hash, so no mini-block of block N+1 may execute before
+//! block N is sealed.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, mpsc::RecvTimeoutError},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use alloy_consensus::{EMPTY_OMMER_ROOT_HASH, Header, Transaction as _};
+use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
+use alloy_primitives::{Address, B256, Bloom, Bytes};
+use alloy_trie::EMPTY_ROOT_HASH;
+use rtchain_exec::{
+    BlockContext, MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, StateDiff, TxError,
+    TxLocation, TxOutcome, TxReceipt, executor::execute_batch, receipt,
+};
+use rtchain_rpc::backend::{BackendError, ChainEvent, ReceiptView};
+use rtchain_state::{
+    LayeredState, Layers, LogRecord, MiniLog, MiniLogError, minilog::MiniBlockRecord,
+    store::BlockCommit,
+};
+
+use super::{
+    NodeError,
+    chain::{Chain, Recovered, Submission, next_block_context, now_us},
+};
+
+/// How long the loop waits for work before checking for shutdown and idle blocks.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+
+type Reply = tokio::sync::oneshot::Sender<Result<ReceiptView, BackendError>>;
+
+/// The open EVM block: its context and everything its mini-blocks produced.
+struct OpenBlock {
+    ctx: BlockContext,
+    opened_at: Instant,
+    opened_at_us: u64,
+    first_mini: u64,
+    txs: Vec<RecoveredTx>,
+    receipts: Vec<TxReceipt>,
+    minis: Vec<u64>,
+    diff: StateDiff,
+    gas_used: u64,
+    logs: u64,
+}
+
+struct Sequencer {
+    chain: Arc<Chain>,
+    minilog: MiniLog,
+    ingress: std::sync::mpsc::Receiver<Submission>,
+    open: Option<OpenBlock>,
+    /// Future-nonce transactions, per sender by nonce, until the gap fills.
+    queued: HashMap<Address, BTreeMap<u64, Submission>>,
+    queued_total: usize,
+    /// Queued transactions whose nonce became current, to run before new arrivals.
+    ready: VecDeque<Submission>,
+    /// Newest mini-block whose block RocksDB holds durably (synced).
+    durable_mini: u64,
+    last_seal: Instant,
+}
+
+pub fn spawn(chain: Arc<Chain>, recovered: Recovered) -> Result<JoinHandle<()>, NodeError> {
+    let durable_mini = chain.state.read().head.last_mini_block;
+    let mut sequencer = Sequencer {
+        chain,
+        minilog: recovered.minilog,
+        ingress: recovered.ingress,
+        open: None,
+        queued: HashMap::new(),
+        queued_total: 0,
+        ready: VecDeque::new(),
+        durable_mini,
+        last_seal: Instant::now(),
+    };
+    sequencer.replay(recovered.replay)?;
+    std::thread::Builder::new()
+        .name("sequencer".into())
+        .spawn(move || {
+            if let Err(e) = sequencer.run() {
+                // Storage or log failure: stop sequencing rather than acknowledge what cannot be
+                // kept. RPC keeps serving reads and refuses new transactions.
+                tracing::error!("sequencer stopped: {e}");
+                sequencer.chain.shutdown();
+            }
+        })
+        .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
+}
+
+impl Sequencer {
+    /// Re-executes the logged mini-blocks after the committed head and re-seals their blocks.
+    fn replay(&mut self, records: Vec<LogRecord>) -> Result<(), NodeError> {
+        let count = records.len();
+        for record in records {
+            match record {
+                LogRecord::MiniBlock(m) => {
+                    if self
+                        .open
+                        .as_ref()
+                        .is_some_and(|o| o.ctx.number != m.block.number)
+                    {
+                        return Err(NodeError::Recovery(format!(
+                            "mini-block {} belongs to block {} but block {} is unsealed",
+                            m.number,
+                            m.block.number,
+                            self.open.as_ref().map(|o| o.ctx.number).unwrap_or_default()
+                        )));
+                    }
+                    if self.open.is_none() {
+                        self.open_block(m.block, m.timestamp_us);
+                    }
+                    let submissions = m
+                        .transactions
+                        .into_iter()
+                        .map(|tx| Submission { tx, reply: None })
+                        .collect();
+                    let included = self.execute(
+                        submissions,
+                        Some((m.number, m.timestamp_us, m.receipts_root)),
+                    )?;
+                    if !included {
+                        return Err(NodeError::Recovery(format!(
+                            "mini-block {} replayed to nothing",
+                            m.number
+                        )));
+                    }
+                }
+                LogRecord::Seal {
+                    block_number,
+                    timestamp_us,
+                    ..
+                } => {
+                    if self.open.is_none() {
+                        let state = self.chain.state.read();
+                        let ctx = next_block_context(
+                            &self.chain.exec,
+                            &state.head_header,
+                            state.head.hash,
+                            timestamp_us,
+                        );
+                        drop(state);
+                        self.open_block(ctx, timestamp_us);
+                    }
+                    let number = self.open.as_ref().map(|o| o.ctx.number).unwrap_or_default();
+                    if number != block_number {
+                        return Err(NodeError::Recovery(format!(
+                            "seal of block {block_number} but block {number} is open"
+                        )));
+                    }
+                    self.seal(false)?;
+                }
+            }
+        }
+        if count > 0 {
+            tracing::info!("replayed {count} mini-block log records");
+        }
+        // Whatever was replayed is now committed; make it durable before acknowledging more.
+        self.chain.store.sync()?;
+        self.durable_mini = self.chain.state.read().head.last_mini_block;
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<(), NodeError> {
+        let max_txs = self.chain.sequencer.max_mini_block_txs;
+        let interval = Duration::from_millis(self.chain.sequencer.block_interval_ms);
+        let idle = Duration::from_millis(self.chain.sequencer.idle_block_interval_ms);
+        let mut batch: Vec<Submission> = Vec::with_capacity(max_txs);
+        loop {
+            if self.chain.is_shut_down() {
+                if self.open.is_some() {
+                    self.seal(true)?;
+                }
+                return Ok(());
+            }
+            let now = Instant::now();
+            let deadline = match &self.open {
+                Some(open) => open.opened_at + interval,
+                None => self.last_seal + idle,
+            };
+            if now >= deadline {
+                self.seal(true)?;
+                continue;
+            }
+            while batch.len() < max_txs {
+                match self.ready.pop_front() {
+                    Some(s) => batch.push(s),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                match self.ingress.recv_timeout((deadline - now).min(MAX_WAIT)) {
+                    Ok(s) => batch.push(s),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            }
+            while batch.len() < max_txs {
+                match self.ingress.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            if self.open.is_none() {
+                let state = self.chain.state.read();
+                let at = now_us();
+                let ctx =
+                    next_block_context(&self.chain.exec, &state.head_header, state.head.hash, at);
+                drop(state);
+                self.open_block(ctx, at);
+            }
+            self.execute(std::mem::take(&mut batch), None)?;
+        }
+    }
+
+    fn open_block(&mut self, ctx: BlockContext, at_us: u64) {
+        let first_mini = self.chain.state.read().last_mini_block + 1;
+        self.open = Some(OpenBlock {
+            ctx,
+            opened_at: Instant::now(),
+            opened_at_us: at_us,
+            first_mini,
+            txs: Vec::new(),
+            receipts: Vec::new(),
+            minis: Vec::new(),
+            diff: StateDiff::default(),
+            gas_used: 0,
+            logs: 0,
+        });
+        self.chain.state.write().open_block = Some(ctx);
+    }
+
+    /// Executes one mini-block. `replay` carries the logged number, time and receipts root when
+    /// re-executing after a crash (nothing is logged or answered then). Returns whether anything
+    /// was included.
+    fn execute(
+        &mut self,
+        submissions: Vec<Submission>,
+        replay: Option<(u64, u64, B256)>,
+    ) -> Result<bool, NodeError> {
+        let Some(open) = self.open.as_ref() else {
+            return Ok(false);
+        };
+        let ctx = open.ctx;
+        let (block_gas, block_logs) = (open.gas_used, open.logs);
+        let mut replies: HashMap<B256, Reply> = HashMap::new();
+        let mut txs = Vec::with_capacity(submissions.len());
+        for s in submissions {
+            if let Some(reply) = s.reply {
+                replies.insert(s.tx.hash, reply);
+            }
+            txs.push(s.tx);
+        }
+        let layers = self.chain.state.read().layers.clone();
+        let result = {
+            let view = self.chain.store.view();
+            execute_batch(
+                &self.chain.exec,
+                &ctx,
+                LayeredState::new(layers, view),
+                txs,
+                block_gas,
+                block_logs,
+            )?
+        };
+
+        let mut included: Vec<(RecoveredTx, TxReceipt)> = Vec::new();
+        let mut deferred = Vec::new();
+        for outcome in result.outcomes {
+            match outcome {
+                TxOutcome::Included { tx, receipt, .. } => included.push((tx, receipt)),
+                TxOutcome::Rejected { tx, error } => {
+                    if replay.is_some() {
+                        return Err(NodeError::Recovery(format!(
+                            "replayed transaction {} was rejected: {error}",
+                            tx.hash
+                        )));
+                    }
+                    let reply = replies.remove(&tx.hash);
+                    self.reject_or_queue(tx, error, reply);
+                }
+                TxOutcome::Deferred { tx } => {
+                    if replay.is_some() {
+                        return Err(NodeError::Recovery(format!(
+                            "replayed transaction {} did not fit its block",
+                            tx.hash
+                        )));
+                    }
+                    let reply = replies.remove(&tx.hash);
+                    deferred.push(Submission { tx, reply });
+                }
+            }
+        }
+        let any = !included.is_empty();
+        if any {
+            self.commit_mini_block(
+                included,
+                result.diff,
+                result.gas_used,
+                result.logs,
+                replay,
+                &mut replies,
+            )?;
+        }
+        if !deferred.is_empty() {
+            // The open block is full: seal it and offer the rest to the next block first.
+            self.seal(true)?;
+            for s in deferred.into_iter().rev() {
+                self.ready.push_front(s);
+            }
+        }
+        Ok(any)
+    }
+
+    fn commit_mini_block(
+        &mut self,
+        included: Vec<(RecoveredTx, TxReceipt)>,
+        diff: StateDiff,
+        gas_used: u64,
+        logs: u64,
+        replay: Option<(u64, u64, B256)>,
+        replies: &mut HashMap<B256, Reply>,
+    ) -> Result<(), NodeError> {
+        let (parent_hash, number) = {
+            let state = self.chain.state.read();
+            (state.last_mini_block_hash, state.last_mini_block + 1)
+        };
+        let (txs, receipts): (Vec<_>, Vec<_>) = included.into_iter().unzip();
+        let receipts_root = receipt::receipts_root(&receipts);
+        let timestamp_us = match replay {
+            Some((logged_number, logged_time, logged_root)) => {
+                if logged_number != number || logged_root != receipts_root {
+                    return Err(NodeError::Recovery(format!(
+                        "mini-block {logged_number} replayed to a different result (number {number}, receipts root {receipts_root} vs {logged_root})"
+                    )));
+                }
+                logged_time
+            }
+            None => now_us(),
+        };
+        let open = self.open.as_mut().expect("an open block while executing");
+        if replay.is_none() {
+            let record = LogRecord::MiniBlock(MiniBlockRecord {
+                number,
+                timestamp_us,
+                block: open.ctx,
+                receipts_root,
+                transactions: txs.clone(),
+            });
+            append_durably(
+                &mut self.minilog,
+                &self.chain,
+                &mut self.durable_mini,
+                &record,
+            )?;
+        }
+
+        let header = MiniBlockHeader {
+            number,
+            parent_hash,
+            timestamp_us,
+            evm_block_number: open.ctx.number,
+            transactions_root: receipt::transactions_root(&txs),
+            receipts_root,
+            gas_used,
+            tx_count: txs.len() as u32,
+        };
+        let hash = header.hash();
+        let first_index = open.txs.len() as u64;
+        let diff = Arc::new(diff);
+        open.diff.merge((*diff).clone());
+        open.gas_used += gas_used;
+        open.logs += logs;
+        let ctx = open.ctx;
+        let mut views = Vec::with_capacity(txs.len());
+        {
+            let mut state = self.chain.state.write();
+            let mut layers = Layers {
+                diffs: state.layers.diffs.clone(),
+            };
+            layers.diffs.push(diff);
+            state.layers = Arc::new(layers);
+            state.last_mini_block = number;
+            state.last_mini_block_hash = hash;
+            for (i, (tx, receipt)) in txs.iter().zip(&receipts).enumerate() {
+                let location = TxLocation {
+                    block_number: ctx.number,
+                    block_hash: None,
+                    index: first_index + i as u64,
+                    mini_block_number: number,
+                    block_timestamp: ctx.timestamp,
+                    base_fee: ctx.base_fee,
+                };
+                state
+                    .preconfirmed
+                    .insert(tx.hash, (tx.clone(), receipt.clone(), location));
+                views.push(ReceiptView {
+                    tx: tx.clone(),
+                    receipt: receipt.clone(),
+                    location,
+                });
+            }
+        }
+        {
+            let mut pool = self.chain.pool.write();
+            for tx in &txs {
+                pool.remove(&tx.hash);
+            }
+        }
+        let mut senders: Vec<(Address, u64)> = Vec::new();
+        for view in views {
+            senders.push((view.tx.sender, view.tx.envelope.nonce() + 1));
+            if let Some(reply) = replies.remove(&view.tx.hash) {
+                let _ = reply.send(Ok(view));
+            }
+        }
+        open.txs.extend(txs.iter().cloned());
+        open.receipts.extend(receipts.iter().cloned());
+        open.minis.extend(std::iter::repeat_n(number, txs.len()));
+        let _ = self
+            .chain
+            .events
+            .send(ChainEvent::MiniBlock(Arc::new(MiniBlock {
+                header,
+                hash,
+                transactions: txs,
+                receipts,
+                first_index_in_block: first_index,
+            })));
+        for (sender, next_nonce) in senders {
+            self.promote(sender, next_nonce);
+        }
+        Ok(())
+    }
+
+    /// A future nonce waits (bounded) for its gap to fill; everything else is refused.
+    fn reject_or_queue(&mut self, tx: RecoveredTx, error: TxError, reply: Option<Reply>) {
+        if let TxError::NonceTooHigh { .. } = error {
+            let per_sender = self.queued.get(&tx.sender).map_or(0, BTreeMap::len);
+            let limits = &self.chain.sequencer;
+            if per_sender < limits.max_queued_per_sender
+                && self.queued_total < limits.max_queued_total
+            {
+                let nonce = tx.envelope.nonce();
+                let entry = self.queued.entry(tx.sender).or_default();
+                let submission = Submission { tx, reply };
+                if let Some(old) = entry.insert(nonce, submission) {
+                    // A replacement with the same nonce: the old one is dropped.
+                    self.chain.pool.write().remove(&old.tx.hash);
+                    if let Some(r) = old.reply {
+                        let _ = r.send(Err(BackendError::InvalidTransaction(
+                            "replaced by a transaction with the same nonce".into(),
+                        )));
+                    }
+                } else {
+                    self.queued_total += 1;
+                }
+                return;
+            }
+            self.chain.pool.write().remove(&tx.hash);
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(BackendError::PoolFull(format!(
+                    "too many queued transactions for sender {} (nonce gap; limit {} per sender)",
+                    tx.sender, limits.max_queued_per_sender
+                ))));
+            }
+            return;
+        }
+        self.chain.pool.write().remove(&tx.hash);
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(BackendError::InvalidTransaction(error.to_string())));
+        }
+    }
+
+    /// Moves `sender`'s queued transaction with `next_nonce` (if any) to the ready queue.
+    fn promote(&mut self, sender: Address, next_nonce: u64) {
+        let Some(entry) = self.queued.get_mut(&sender) else {
+            return;
+        };
+        // Nonces below the new one can never execute now.
+        let stale: Vec<u64> = entry.range(..next_nonce).map(|(n, _)| *n).collect();
+        for n in stale {
+            if let Some(old) = entry.remove(&n) {
+                self.queued_total -= 1;
+                self.chain.pool.write().remove(&old.tx.hash);
+                if let Some(r) = old.reply {
+                    let _ = r.send(Err(BackendError::InvalidTransaction(format!(
+                        "nonce too low: address {sender}, tx: {n} state: {next_nonce}"
+                    ))));
+                }
+            }
+        }
+        if let Some(s) = entry.remove(&next_nonce) {
+            self.queued_total -= 1;
+            self.ready.push_back(s);
+        }
+        if entry.is_empty() {
+            self.queued.remove(&sender);
+        }
+    }
+
+    /// Seals the open block (or an empty one when idle): state root, header, log record,
+    /// RocksDB batch, then publication. `log` is false during replay (the seal is logged).
+    fn seal(&mut self, log: bool) -> Result<(), NodeError> {
+        let open = match self.open.take() {
+            Some(open) => open,
+            None => {
+                let state = self.chain.state.read();
+                let at = now_us();
+                let ctx =
+                    next_block_context(&self.chain.exec, &state.head_header, state.head.hash, at);
+                drop(state);
+                self.open_block(ctx, at);
+                self.open.take().expect("just opened")
+            }
+        };
+        let (parent, parent_hash, last_mini) = {
+            let state = self.chain.state.read();
+            (
+                state.head_header.clone(),
+                state.head.hash,
+                state.last_mini_block,
+            )
+        };
+        let ctx = open.ctx;
+        let (state_root, trie) = {
+            let view = self.chain.store.view();
+            rtchain_state::state_root::apply_diff(&view, parent.state_root, &open.diff)?
+        };
+        let mut bloom = Bloom::ZERO;
+        for r in &open.receipts {
+            bloom.accrue_bloom(r.receipt.logs_bloom());
+        }
+        let header = Header {
+            parent_hash,
+            ommers_hash: EMPTY_OMMER_ROOT_HASH,
+            beneficiary: ctx.beneficiary,
+            state_root,
+            transactions_root: receipt::transactions_root(&open.txs),
+            receipts_root: if open.receipts.is_empty() {
+                EMPTY_ROOT_HASH
+            } else {
+                receipt::receipts_root(&open.receipts)
+            },
+            logs_bloom: bloom,
+            difficulty: Default::default(),
+            number: ctx.number,
+            gas_limit: ctx.gas_limit,
+            gas_used: open.gas_used,
+            timestamp: ctx.timestamp,
+            extra_data: Bytes::from_static(b"rtchain"),
+            mix_hash: ctx.prevrandao,
+            nonce: Default::default(),
+            base_fee_per_gas: Some(ctx.base_fee),
+            withdrawals_root: Some(EMPTY_ROOT_HASH),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        };
+        let hash = header.hash_slow();
+        if log {
+            let record = LogRecord::Seal {
+                block_number: ctx.number,
+                last_mini_block: last_mini,
+                timestamp_us: open.opened_at_us,
+            };
+            append_durably(
+                &mut self.minilog,
+                &self.chain,
+                &mut self.durable_mini,
+                &record,
+            )?;
+        }
+        self.chain.store.commit_block(&BlockCommit {
+            header: &header,
+            hash,
+            transactions: &open.txs,
+            receipts: &open.receipts,
+            mini_blocks: &open.minis,
+            last_mini_block: last_mini,
+            diff: &open.diff,
+            trie: &trie,
+        })?;
+        let block = Arc::new(SealedBlock {
+            header: header.clone(),
+            hash,
+            transactions: open.txs,
+            receipts: open.receipts,
+            mini_blocks: open.first_mini..=last_mini,
+        });
+        {
+            let mut state = self.chain.state.write();
+            state.head = rtchain_state::store::Head {
+                number: ctx.number,
+                hash,
+                last_mini_block: last_mini,
+            };
+            state.head_header = header;
+            state.layers = Arc::new(Layers::default());
+            state.open_block = None;
+            for tx in &block.transactions {
+                state.preconfirmed.remove(&tx.hash);
+            }
+        }
+        self.chain.push_recent(block.clone());
+        self.chain.sealed.send_replace(ctx.number);
+        let _ = self.chain.events.send(ChainEvent::Block(block));
+        self.last_seal = Instant::now();
+        Ok(())
+    }
+}
+
+/// Appends a record, syncing RocksDB first if the log must reuse space still needed.
+fn append_durably(
+    minilog: &mut MiniLog,
+    chain: &Chain,
+    durable_mini: &mut u64,
+    record: &LogRecord,
+) -> Result<(), NodeError> {
+    match minilog.append(record, *durable_mini) {
+        Err(MiniLogError::Full) => {
+            chain.store.sync()?;
+            *durable_mini = chain.state.read().head.last_mini_block;
+            minilog.append(record, *durable_mini)?;
+            Ok(())
+        }
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,260 @@
+//! Genesis: a geth-style `genesis.json` (`config.chainId`, `alloc`, `gasLimit`,
+//! `baseFeePerGas`, `timestamp`, ...) or the built-in dev genesis.
+
+use std::{collections::HashMap, path::Path};
+
+use alloy_consensus::{EMPTY_OMMER_ROOT_HASH, Header};
+use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
+use alloy_primitives::{Address, B256, Bloom, Bytes, U256, address};
+use alloy_trie::EMPTY_ROOT_HASH;
+use revm::{bytecode::Bytecode, primitives::KECCAK_EMPTY, state::AccountInfo};
+use rtchain_exec::{AccountChange, StateDiff};
+
+/// The 10 accounts of the mnemonic `test test test test test test test test test test test
+/// junk` (derivation path m/44'/60'/0'/0/i), which anvil and hardhat fund too.
+pub const DEV_ACCOUNTS: [Address; 10] = [
+    address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
+    address!("70997970C51812dc3A010C7d01b50e0d17dc79C8"),
+    address!("3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"),
+    address!("90F79bf6EB2c4f870365E785982E1f101E93b906"),
+    address!("15d34AAf54267DB7D7c367839AAf71A00a2C6A65"),
+    address!("9965507D1a55bcC2695C58ba16FB37d819B0A4dc"),
+    address!("976EA74026E726554dB657fA54763abd0C3a0aa9"),
+    address!("14dC79964da2C08b23698B3D3cc7Ca32193d9955"),
+    address!("23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f"),
+    address!("a0Ee7A142d267C1f36714E4a8F75612F20a79720"),
+];
+
+pub const DEV_MNEMONIC: &str = "test test test test test test test test test test test junk";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    #[error("genesis file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("genesis file {path}: invalid JSON: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("genesis: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Genesis {
+    pub chain_id: u64,
+    pub gas_limit: u64,
+    pub base_fee: u64,
+    pub timestamp: u64,
+    pub extra_data: Bytes,
+    pub coinbase: Address,
+    pub mix_hash: B256,
+    pub alloc: Vec<(Address, GenesisAccount)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GenesisAccount {
+    pub balance: U256,
+    pub nonce: u64,
+    pub code: Option<Bytes>,
+    pub storage: Vec<(U256, U256)>,
+}
+
+/// Geth's default initial base fee (1 gwei).
+pub const INITIAL_BASE_FEE: u64 = 1_000_000_000;
+
+impl Genesis {
+    /// The built-in dev genesis: chain `chain_id`, the 10 dev accounts with 10,000 ETH each.
+    pub fn dev(chain_id: u64, gas_limit: u64) -> Self {
+        let balance = U256::from(10_000u64) * U256::from(10u64).pow(U256::from(18u64));
+        Self {
+            chain_id,
+            gas_limit,
+            base_fee: INITIAL_BASE_FEE,
+            timestamp: 0,
+            extra_data: Bytes::from_static(b"rtchain dev"),
+            coinbase: Address::ZERO,
+            mix_hash: B256::ZERO,
+            alloc: DEV_ACCOUNTS
+                .iter()
+                .map(|a| {
+                    (
+                        *a,
+                        GenesisAccount {
+                            balance,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, GenesisError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| GenesisError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let parsed: alloy_genesis::Genesis =
+            serde_json::from_str(&text).map_err(|source| GenesisError::Parse {
+                path: shown,
+                source,
+            })?;
+        Self::from_alloy(parsed)
+    }
+
+    pub fn from_alloy(g: alloy_genesis::Genesis) -> Result<Self, GenesisError> {
+        if g.config.chain_id == 0 {
+            return Err(GenesisError::Invalid(
+                "config.chainId must be set and non-zero".into(),
+            ));
+        }
+        if g.gas_limit < 21_000 {
+            return Err(GenesisError::Invalid(format!(
+                "gasLimit {} is below 21000",
+                g.gas_limit
+            )));
+        }
+        let base_fee = match g.base_fee_per_gas {
+            None => INITIAL_BASE_FEE,
+            Some(fee) => u64::try_from(fee).map_err(|_| {
+                GenesisError::Invalid(format!("baseFeePerGas {fee} does not fit 64 bits"))
+            })?,
+        };
+        let alloc = g
+            .alloc
+            .into_iter()
+            .map(|(address, a)| {
+                let storage = a
+                    .storage
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (U256::from_be_bytes(k.0), U256::from_be_bytes(v.0)))
+                    .filter(|(_, v)| !v.is_zero())
+                    .collect();
+                (
+                    address,
+                    GenesisAccount {
+                        balance: a.balance,
+                        nonce: a.nonce.unwrap_or(0),
+                        code: a.code.filter(|c| !c.is_empty()),
+                        storage,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            chain_id: g.config.chain_id,
+            gas_limit: g.gas_limit,
+            base_fee,
+            timestamp: g.timestamp,
+            extra_data: g.extra_data,
+            coinbase: g.coinbase,
+            mix_hash: g.mix_hash,
+            alloc,
+        })
+    }
+
+    /// The genesis allocation as a state diff over an empty state.
+    pub fn state_diff(&self) -> StateDiff {
+        let mut diff = StateDiff {
+            accounts: HashMap::new(),
+            codes: HashMap::new(),
+        };
+        for (address, account) in &self.alloc {
+            let code_hash = match &account.code {
+                Some(code) => {
+                    let hash = Bytecode::new_raw(code.clone()).hash_slow();
+                    diff.codes.insert(hash, code.clone());
+                    hash
+                }
+                None => KECCAK_EMPTY,
+            };
+            let info = AccountInfo {
+                balance: account.balance,
+                nonce: account.nonce,
+                code_hash,
+                ..Default::default()
+            };
+            diff.accounts.insert(
+                *address,
+                AccountChange {
+                    info: Some(info),
+                    storage_cleared: true,
+                    storage: account.storage.iter().copied().collect(),
+                },
+            );
+        }
+        diff
+    }
+
+    /// The state root of the allocation, computed from scratch.
+    pub fn state_root(&self) -> B256 {
+        use alloy_primitives::keccak256;
+        use alloy_trie::{HashBuilder, Nibbles, TrieAccount};
+        let diff = self.state_diff();
+        let mut leaves: Vec<(B256, Vec<u8>)> = diff
+            .accounts
+            .iter()
+            .map(|(address, change)| {
+                let mut slots: Vec<(B256, Vec<u8>)> = change
+                    .storage
+                    .iter()
+                    .filter(|(_, v)| !v.is_zero())
+                    .map(|(k, v)| (keccak256(k.to_be_bytes::<32>()), alloy_rlp::encode(v)))
+                    .collect();
+                slots.sort();
+                let mut builder = HashBuilder::default();
+                for (key, value) in &slots {
+                    builder.add_leaf(Nibbles::unpack(key), value);
+                }
+                let info = change.info.clone().unwrap_or_default();
+                let account = TrieAccount {
+                    nonce: info.nonce,
+                    balance: info.balance,
+                    storage_root: builder.root(),
+                    code_hash: info.code_hash,
+                };
+                (keccak256(address), alloy_rlp::encode(account))
+            })
+            .collect();
+        leaves.sort();
+        let mut builder = HashBuilder::default();
+        for (key, value) in &leaves {
+            builder.add_leaf(Nibbles::unpack(key), value);
+        }
+        builder.root()
+    }
+
+    /// The genesis header, given the state root of the allocation.
+    pub fn header(&self, state_root: B256) -> Header {
+        Header {
+            parent_hash: B256::ZERO,
+            ommers_hash: EMPTY_OMMER_ROOT_HASH,
+            beneficiary: self.coinbase,
+            state_root,
+            transactions_root: EMPTY_ROOT_HASH,
+            receipts_root: EMPTY_ROOT_HASH,
+            logs_bloom: Bloom::ZERO,
+            difficulty: U256::ZERO,
+            number: 0,
+            gas_limit: self.gas_limit,
+            gas_used: 0,
+            timestamp: self.timestamp,
+            extra_data: self.extra_data.clone(),
+            mix_hash: self.mix_hash,
+            nonce: Default::default(),
+            base_fee_per_gas: Some(self.base_fee),
+            withdrawals_root: Some(EMPTY_ROOT_HASH),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        }
+    }
+}
