@@ -222,6 +222,15 @@ async fn invalid_transactions_are_refused_with_geths_errors() {
     for (case, raw) in &bad_rlp {
         both(&mut checks, case, raw, "rlp: ").await;
     }
+    // EIP-2718 type 0x05 is not defined.
+    let unknown_type = Bytes::from_static(&[0x05, 0xc0]);
+    both(
+        &mut checks,
+        "unknown transaction type 0x05",
+        &unknown_type,
+        "transaction type not supported",
+    )
+    .await;
 
     let mut tx = transfer(0);
     let real = signer.sign_transaction_sync(&mut tx).expect("sign");
@@ -340,12 +349,18 @@ async fn invalid_transactions_are_refused_with_geths_errors() {
     assert!(receipt.succeeded());
     let again = sign(&signer, eip1559(0, to, U256::from(2), Bytes::new(), 21_000)).raw;
     both(&mut checks, "nonce already used", &again, "nonce too low").await;
+    // A transaction still waiting (its nonce is ahead), sent again.
+    let waiting = sign(&signer, transfer(5));
+    rpc.send_raw(&waiting)
+        .await
+        .expect("a future nonce is accepted");
     checks.failure(
-        "the same transaction twice",
-        rpc.send_raw(&first).await,
+        "the same transaction again while it waits",
+        rpc.send_raw(&waiting).await,
         SERVER_ERROR,
         "already known",
     );
+    checks.serving(&rpc, "a duplicate").await;
 
     checks.serving(&rpc, "all invalid transactions").await;
     checks.assert_none();

@@ -311,3 +311,78 @@ fn tx_in_body_len(raw: &[u8]) -> usize {
         .length_with_payload(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_consensus::{
+        BlockBody, Header as ConsensusHeader, SignableTransaction, TxEip1559, TxEnvelope, TxLegacy,
+    };
+    use alloy_eips::eip2718::Encodable2718;
+    use alloy_primitives::{Address, Bytes, Signature, TxKind};
+
+    fn recovered(envelope: TxEnvelope) -> RecoveredTx {
+        let raw = Bytes::from(envelope.encoded_2718());
+        RecoveredTx {
+            hash: *envelope.tx_hash(),
+            envelope,
+            sender: Address::repeat_byte(1),
+            raw,
+        }
+    }
+
+    /// `size` must equal the length of the block's consensus RLP encoding.
+    #[test]
+    fn block_size_matches_rlp_encoding() {
+        let typed = TxEip1559 {
+            chain_id: 1,
+            gas_limit: 21_000,
+            to: TxKind::Call(Address::repeat_byte(2)),
+            input: Bytes::from(vec![7; 300]),
+            ..Default::default()
+        };
+        let legacy = TxLegacy {
+            chain_id: Some(1),
+            gas_limit: 21_000,
+            ..Default::default()
+        };
+        let transactions = vec![
+            recovered(TxEnvelope::from(
+                typed.into_signed(Signature::test_signature()),
+            )),
+            recovered(TxEnvelope::from(
+                legacy.into_signed(Signature::test_signature()),
+            )),
+        ];
+        for withdrawals_root in [None, Some(alloy_consensus::constants::EMPTY_WITHDRAWALS)] {
+            let header = ConsensusHeader {
+                number: 5,
+                withdrawals_root,
+                base_fee_per_gas: Some(7),
+                ..Default::default()
+            };
+            let consensus = alloy_consensus::Block {
+                header: header.clone(),
+                body: BlockBody {
+                    transactions: transactions
+                        .iter()
+                        .map(|tx| tx.envelope.clone())
+                        .collect::<Vec<_>>(),
+                    ommers: vec![],
+                    withdrawals: withdrawals_root.map(|_| Withdrawals::default()),
+                },
+            };
+            let block = SealedBlock {
+                hash: header.hash_slow(),
+                header,
+                transactions: transactions.clone(),
+                receipts: vec![],
+                mini_blocks: 0..=0,
+            };
+            assert_eq!(block_size_bytes(&block), consensus.length() as u64);
+            let rpc = rpc_block(&block, false);
+            assert_eq!(rpc.header.size, Some(U256::from(consensus.length())));
+            assert_eq!(rpc.withdrawals.is_some(), withdrawals_root.is_some());
+        }
+    }
+}

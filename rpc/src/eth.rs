@@ -225,10 +225,34 @@ macro_rules! inline {
     };
 }
 
-/// Registers a method that runs on the blocking pool (EVM execution, block scans).
+/// Registers a heavy method (EVM execution, block scans): it waits for one of
+/// `max_concurrent_heavy_calls` permits, then runs on tokio's blocking pool, so it never stalls
+/// a connection's task and a flood of them queues instead of taking every thread.
+pub(crate) fn register_heavy<T>(
+    module: &mut Module,
+    name: &'static str,
+    handler: fn(&RpcContext, &Params<'_>) -> RpcResult<T>,
+) -> Result<(), RegisterMethodError>
+where
+    T: serde::Serialize + Clone + Send + 'static,
+{
+    module.register_async_method(name, move |params, ctx, _| async move {
+        let Ok(_permit) = ctx.heavy_calls.clone().acquire_owned().await else {
+            return Err(internal_error("server is shutting down"));
+        };
+        tokio::task::spawn_blocking(move || handler(&ctx, &params))
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(target: "rpc", method = name, %err, "RPC handler panicked");
+                Err(internal_error("internal error"))
+            })
+    })?;
+    Ok(())
+}
+
 macro_rules! blocking {
     ($module:expr, $name:literal, $handler:expr) => {
-        $module.register_blocking_method($name, |params, ctx, _| $handler(&ctx, &params))?;
+        register_heavy($module, $name, $handler)?;
     };
 }
 
@@ -279,7 +303,9 @@ pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
         "eth_getTransactionByBlockNumberAndIndex",
         transaction_by_block_number_and_index
     );
-    inline!(module, "eth_getTransactionReceipt", transaction_receipt);
+    module.register_async_method("eth_getTransactionReceipt", |params, ctx, _| {
+        transaction_receipt(ctx, params)
+    })?;
 
     inline!(module, "eth_getBlockByNumber", block_by_number);
     inline!(module, "eth_getBlockByHash", block_by_hash);
@@ -801,21 +827,44 @@ fn transaction_by_block_number_and_index(
     ))
 }
 
+/// Bound on how long eth_getTransactionReceipt waits for a pending transaction's EVM block to
+/// be sealed. Blocks seal every block interval (100 ms by default), so this is rarely reached.
+const RECEIPT_WAIT_MAX: Duration = Duration::from_secs(2);
+
 /// Only sealed receipts: a preconfirmed receipt has no block hash yet, and standard tools
-/// resolve the hash they are given (they see it once its EVM block is sealed).
-fn transaction_receipt(
-    ctx: &RpcContext,
-    params: &Params<'_>,
+/// resolve the hash they are given. For a transaction the node has accepted but not sealed yet,
+/// the call waits (bounded) for the seal instead of answering null: clients poll slowly after a
+/// null (viem waits 4 s), and the seal is at most one block interval away.
+async fn transaction_receipt(
+    ctx: Arc<RpcContext>,
+    params: Params<'static>,
 ) -> RpcResult<Option<TransactionReceipt>> {
-    let hash: B256 = Args::new(params, 1)?.required()?;
-    let Some(view) = ctx.backend.receipt(hash).map_err(from_backend)? else {
-        return Ok(None);
-    };
-    if view.location.block_hash.is_none() {
-        return Ok(None);
+    let hash: B256 = Args::new(&params, 1)?.required()?;
+    let deadline = tokio::time::Instant::now() + RECEIPT_WAIT_MAX;
+    let mut sealed = ctx.backend.sealed_watch();
+    loop {
+        // Subscribe before reading, so a seal between the read and the wait is not missed.
+        if let Some(watch) = sealed.as_mut() {
+            watch.borrow_and_update();
+        }
+        if let Some(view) = ctx.backend.receipt(hash).map_err(from_backend)? {
+            if view.location.block_hash.is_some() {
+                let position = TxPosition::from_location(&view.location);
+                return Ok(Some(rpc_receipt(&view.tx, &view.receipt, &position)));
+            }
+        }
+        let Some(watch) = sealed.as_mut() else {
+            return Ok(None);
+        };
+        if !ctx.backend.receipt_pending(hash) {
+            return Ok(None);
+        }
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out or the node is shutting down: answer as geth does for unknown receipts.
+            _ => return Ok(None),
+        }
     }
-    let position = TxPosition::from_location(&view.location);
-    Ok(Some(rpc_receipt(&view.tx, &view.receipt, &position)))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 use crate::RpcContext;
 use crate::backend::ChainEvent;
 use crate::error::{RpcResult, limit_exceeded, server_error};
-use crate::eth::check_filter_bounds;
+use crate::eth::{check_filter_bounds, register_heavy};
 use crate::middleware::random_hex_id;
 use crate::params::Args;
 
@@ -224,12 +224,8 @@ pub(crate) fn register(module: &mut RpcModule<RpcContext>) -> Result<(), Registe
     module.register_method("eth_newPendingTransactionFilter", |params, ctx, _| {
         new_pending_transaction_filter(ctx, &params)
     })?;
-    module.register_blocking_method("eth_getFilterChanges", |params, ctx, _| {
-        filter_changes(&ctx, &params)
-    })?;
-    module.register_blocking_method("eth_getFilterLogs", |params, ctx, _| {
-        filter_logs(&ctx, &params)
-    })?;
+    register_heavy(module, "eth_getFilterChanges", filter_changes)?;
+    register_heavy(module, "eth_getFilterLogs", filter_logs)?;
     module.register_method("eth_uninstallFilter", |params, ctx, _| {
         uninstall_filter(ctx, &params)
     })?;

@@ -69,6 +69,10 @@ pub struct RpcConfig {
     /// eth_sendRawTransactionSync calls waiting for their receipt at once; one more is refused
     /// (-32005) before its transaction is submitted.
     pub max_sync_sends_waiting: usize,
+    /// Heavy calls (eth_call, eth_estimateGas, eth_createAccessList, eth_getLogs, eth_getProof,
+    /// eth_feeHistory, filter polls) running at once on the blocking pool; more wait in line,
+    /// first come first served, so a flood of them cannot occupy every thread of the process.
+    pub max_concurrent_heavy_calls: usize,
     /// Answer CORS preflights and allow any origin, so that browser dev tools can connect.
     pub cors_allow_any_origin: bool,
 }
@@ -89,6 +93,7 @@ impl Default for RpcConfig {
             send_sync_timeout_default: Duration::from_secs(2),
             send_sync_timeout_max: Duration::from_secs(30),
             max_sync_sends_waiting: 4_096,
+            max_concurrent_heavy_calls: 32,
             cors_allow_any_origin: true,
         }
     }
@@ -112,6 +117,10 @@ impl RpcConfig {
             ("max_block_range", self.max_block_range),
             ("max_filters", self.max_filters as u64),
             ("max_sync_sends_waiting", self.max_sync_sends_waiting as u64),
+            (
+                "max_concurrent_heavy_calls",
+                self.max_concurrent_heavy_calls as u64,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -141,6 +150,8 @@ pub(crate) struct RpcContext {
     pub(crate) filters: filters::FilterRegistry,
     /// One permit per eth_sendRawTransactionSync call waiting for its receipt.
     pub(crate) sync_sends: Arc<tokio::sync::Semaphore>,
+    /// One permit per heavy call running on the blocking pool.
+    pub(crate) heavy_calls: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running server.
@@ -182,6 +193,9 @@ pub async fn start(config: RpcConfig, backend: Arc<dyn Backend>) -> Result<RpcHa
         backend,
         filters: filters::FilterRegistry::new(config.max_filters, config.filter_timeout),
         sync_sends: Arc::new(tokio::sync::Semaphore::new(config.max_sync_sends_waiting)),
+        heavy_calls: Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_heavy_calls,
+        )),
         config: config.clone(),
     });
 

@@ -200,11 +200,7 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
         config.storage.minilog_size_bytes,
         config.storage.minilog_sync,
     )?;
-    let replay: Vec<LogRecord> = records
-        .into_iter()
-        .filter(|r| r.mini_block() > head.last_mini_block)
-        .collect();
-    let replay = trim_replay(replay, head.last_mini_block);
+    let replay = records_to_replay(records, &head);
 
     let (ingress, rx) = sync_channel(config.sequencer.max_pending_txs);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
@@ -241,19 +237,29 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
     ))
 }
 
-/// Keeps the consecutive run of records right after the committed head; anything after a gap
-/// cannot be applied (and was never acknowledged after the gap).
-fn trim_replay(records: Vec<LogRecord>, last_committed: u64) -> Vec<LogRecord> {
-    let mut expected = last_committed + 1;
-    let mut out = Vec::with_capacity(records.len());
+/// The records after the committed head, as one consecutive run: mini-blocks numbered from
+/// the head's last mini-block on, and seals of blocks after the head (an empty block's seal
+/// covers no new mini-block, so seals are matched by block number). Anything after a gap cannot
+/// be applied, and nothing after a gap was acknowledged.
+fn records_to_replay(records: Vec<LogRecord>, head: &Head) -> Vec<LogRecord> {
+    let mut next_mini = head.last_mini_block + 1;
+    let mut next_block = head.number + 1;
+    let mut out = Vec::new();
     for record in records {
         match &record {
-            LogRecord::MiniBlock(m) if m.number == expected => expected += 1,
-            LogRecord::MiniBlock(_) => break,
+            LogRecord::MiniBlock(m) if m.number < next_mini => continue,
+            LogRecord::MiniBlock(m) if m.number == next_mini && m.block.number == next_block => {
+                next_mini += 1
+            }
+            LogRecord::Seal { block_number, .. } if *block_number < next_block => continue,
             LogRecord::Seal {
-                last_mini_block, ..
-            } if *last_mini_block + 1 == expected => {}
-            LogRecord::Seal { .. } => break,
+                block_number,
+                last_mini_block,
+                ..
+            } if *block_number == next_block && *last_mini_block + 1 == next_mini => {
+                next_block += 1
+            }
+            _ => break,
         }
         out.push(record);
     }

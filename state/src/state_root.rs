@@ -256,3 +256,84 @@ pub fn prove(
         storage: out,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use alloy_consensus::Header;
+    use alloy_primitives::{Address, U256};
+    use proptest::prelude::*;
+    use revm::{primitives::KECCAK_EMPTY, state::AccountInfo};
+    use rtchain_exec::{AccountChange, StateDiff};
+
+    use super::*;
+    use crate::store::{BlockCommit, Store};
+
+    /// One change: (account index, destroy?, wipe storage?, balance, slots).
+    type Change = (u8, bool, bool, u64, Vec<(u8, u8)>);
+
+    fn diff_of(changes: &[Change]) -> StateDiff {
+        let mut diff = StateDiff::default();
+        for (account, destroy, wipe, balance, slots) in changes {
+            let address = Address::repeat_byte(*account % 12 + 1);
+            let mut later = StateDiff::default();
+            let change = if *destroy {
+                AccountChange {
+                    info: None,
+                    storage_cleared: true,
+                    storage: HashMap::new(),
+                }
+            } else {
+                AccountChange {
+                    info: Some(AccountInfo {
+                        balance: U256::from(*balance),
+                        nonce: 1,
+                        code_hash: KECCAK_EMPTY,
+                        ..Default::default()
+                    }),
+                    storage_cleared: *wipe,
+                    storage: slots
+                        .iter()
+                        .map(|(k, v)| (U256::from(*k % 16), U256::from(*v % 4)))
+                        .collect(),
+                }
+            };
+            later.accounts.insert(address, change);
+            diff.merge(later);
+        }
+        diff
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn incremental_root_equals_root_from_scratch(
+            blocks in prop::collection::vec(
+                prop::collection::vec((any::<u8>(), prop::bool::weighted(0.1), prop::bool::weighted(0.1), any::<u64>(),
+                    prop::collection::vec((any::<u8>(), any::<u8>()), 0..6)), 1..8),
+                1..6),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut root = alloy_trie::EMPTY_ROOT_HASH;
+            for (number, changes) in blocks.iter().enumerate() {
+                let diff = diff_of(changes);
+                let (new_root, trie) = apply_diff(&store.view(), root, &diff).unwrap();
+                let header = Header { number: number as u64, state_root: new_root, ..Default::default() };
+                store.commit_block(&BlockCommit {
+                    header: &header,
+                    hash: header.hash_slow(),
+                    transactions: &[],
+                    receipts: &[],
+                    mini_blocks: &[],
+                    last_mini_block: 0,
+                    diff: &diff,
+                    trie: &trie,
+                }).unwrap();
+                root = new_root;
+                prop_assert_eq!(full_state_root(&store.view()).unwrap(), root, "block {}", number);
+            }
+        }
+    }
+}

@@ -362,7 +362,7 @@ impl MerkleTrie {
                 Child::Unloaded(reference) => Some(&*reference),
                 Child::Loaded(node) => node.reference.as_ref(),
             };
-            if via == Via::Root && reference.is_some_and(|r| !r.is_hash()) {
+            if via != Via::Root && reference.is_some_and(|r| !r.is_hash()) {
                 break;
             }
             let node = load_child(cursor, &path, via, store)?;
@@ -1111,7 +1111,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig::with_cases(512))]
 
         #[test]
         fn matches_reference_and_store_stays_exact(
@@ -1203,7 +1203,10 @@ mod tests {
         }
 
         #[test]
-        fn decoding_arbitrary_bytes_never_panics(bytes in vec(any::<u8>(), 0..600), depth in 0usize..=KEY_NIBBLES) {
+        fn decoding_arbitrary_bytes_never_panics(
+            bytes in vec(any::<u8>(), 0..600),
+            depth in 0usize..=KEY_NIBBLES,
+        ) {
             let _ = decode_node(&Nibbles::from_nibbles(vec![0u8; depth]), &bytes);
         }
     }

@@ -22,7 +22,9 @@ use alloy_rpc_types_eth::{
     AccessList, BlockOverrides, EIP1186AccountProofResponse, Filter, Log, TransactionRequest,
 };
 use parking_lot::Mutex;
-use rtchain_exec::types::{MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, TxLocation, TxReceipt};
+use rtchain_exec::types::{
+    MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, TxLocation, TxReceipt,
+};
 use rtchain_rpc::{
     Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, RpcConfig, RpcHandle,
     StateAt, TxView,
@@ -40,9 +42,12 @@ pub const PRIORITY_FEE: u128 = 2_000_000;
 pub const SENDER: Address = address!("0x1000000000000000000000000000000000000001");
 pub const CONTRACT_A: Address = address!("0xaaaa00000000000000000000000000000000aaaa");
 pub const CONTRACT_B: Address = address!("0xbbbb00000000000000000000000000000000bbbb");
-pub const TOPIC_1: B256 = b256!("0x1111111111111111111111111111111111111111111111111111111111111111");
-pub const TOPIC_2: B256 = b256!("0x2222222222222222222222222222222222222222222222222222222222222222");
-pub const TOPIC_3: B256 = b256!("0x3333333333333333333333333333333333333333333333333333333333333333");
+pub const TOPIC_1: B256 =
+    b256!("0x1111111111111111111111111111111111111111111111111111111111111111");
+pub const TOPIC_2: B256 =
+    b256!("0x2222222222222222222222222222222222222222222222222222222222222222");
+pub const TOPIC_3: B256 =
+    b256!("0x3333333333333333333333333333333333333333333333333333333333333333");
 /// `balance` answers this for `StateAt::Latest` and the block number for `StateAt::Block(n)`.
 pub const LATEST_MARKER: u64 = 0xffff;
 pub const PENDING_NONCE: u64 = 7;
@@ -78,15 +83,27 @@ pub fn make_tx(nonce: u64, input: &[u8]) -> RecoveredTx {
     let raw = Bytes::from(envelope.encoded_2718());
     let hash = *envelope.tx_hash();
     assert_eq!(hash, keccak256(&raw));
-    RecoveredTx { envelope, sender: SENDER, hash, raw }
+    RecoveredTx {
+        envelope,
+        sender: SENDER,
+        hash,
+        raw,
+    }
 }
 
 pub fn make_log(address: Address, topics: Vec<B256>) -> PrimitiveLog {
-    PrimitiveLog { address, data: LogData::new_unchecked(topics, Bytes::from_static(b"\x01")) }
+    PrimitiveLog {
+        address,
+        data: LogData::new_unchecked(topics, Bytes::from_static(b"\x01")),
+    }
 }
 
 /// A sealed block over `(transaction, its logs)` pairs, with consistent receipts.
-pub fn make_block(number: u64, parent_hash: B256, txs: Vec<(RecoveredTx, Vec<PrimitiveLog>)>) -> SealedBlock {
+pub fn make_block(
+    number: u64,
+    parent_hash: B256,
+    txs: Vec<(RecoveredTx, Vec<PrimitiveLog>)>,
+) -> SealedBlock {
     let mut cumulative = 0;
     let mut first_log_index = 0;
     let mut transactions = Vec::new();
@@ -97,7 +114,11 @@ pub fn make_block(number: u64, parent_hash: B256, txs: Vec<(RecoveredTx, Vec<Pri
         let log_count = logs.len() as u64;
         let bloom = logs_bloom(logs.iter());
         let receipt = ReceiptEnvelope::Eip1559(ReceiptWithBloom {
-            receipt: Receipt { status: Eip658Value::Eip658(true), cumulative_gas_used: cumulative, logs },
+            receipt: Receipt {
+                status: Eip658Value::Eip658(true),
+                cumulative_gas_used: cumulative,
+                logs,
+            },
             logs_bloom: bloom,
         });
         receipts.push(TxReceipt {
@@ -121,7 +142,13 @@ pub fn make_block(number: u64, parent_hash: B256, txs: Vec<(RecoveredTx, Vec<Pri
         ..Header::default()
     };
     let hash = header.hash_slow();
-    SealedBlock { header, hash, transactions, receipts, mini_blocks: number * 10..=number * 10 + 9 }
+    SealedBlock {
+        header,
+        hash,
+        transactions,
+        receipts,
+        mini_blocks: number * 10..=number * 10 + 9,
+    }
 }
 
 pub struct TestBackend {
@@ -151,17 +178,29 @@ impl TestBackend {
             block1.hash,
             vec![(
                 make_tx(2, b""),
-                vec![make_log(CONTRACT_B, vec![TOPIC_1, TOPIC_2]), make_log(CONTRACT_B, vec![TOPIC_3])],
+                vec![
+                    make_log(CONTRACT_B, vec![TOPIC_1, TOPIC_2]),
+                    make_log(CONTRACT_B, vec![TOPIC_3]),
+                ],
             )],
         );
         let block3 = make_block(3, block2.hash, vec![]);
         let (events, _) = broadcast::channel(64);
         Arc::new(Self {
-            blocks: Mutex::new(vec![genesis, block1, block2, block3].into_iter().map(Arc::new).collect()),
+            blocks: Mutex::new(
+                vec![genesis, block1, block2, block3]
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect(),
+            ),
             events,
             last_call: Mutex::new(None),
             stalled: Mutex::new(Vec::new()),
         })
+    }
+
+    pub fn head_number(&self) -> u64 {
+        self.head().block_number
     }
 
     pub fn block(&self, number: u64) -> Arc<SealedBlock> {
@@ -230,7 +269,13 @@ impl TestBackend {
             tx_count: txs.len() as u32,
         };
         let hash = header.hash();
-        let mini = Arc::new(MiniBlock { header, hash, transactions: txs, receipts, first_index_in_block: 0 });
+        let mini = Arc::new(MiniBlock {
+            header,
+            hash,
+            transactions: txs,
+            receipts,
+            first_index_in_block: 0,
+        });
         let _ = self.events.send(ChainEvent::MiniBlock(mini.clone()));
         mini
     }
@@ -265,7 +310,11 @@ impl TestBackend {
             tx,
             receipt: TxReceipt {
                 receipt: ReceiptEnvelope::Eip1559(ReceiptWithBloom {
-                    receipt: Receipt { status: Eip658Value::Eip658(true), cumulative_gas_used: 22_000, logs },
+                    receipt: Receipt {
+                        status: Eip658Value::Eip658(true),
+                        cumulative_gas_used: 22_000,
+                        logs,
+                    },
                     logs_bloom: bloom,
                 }),
                 gas_used: 22_000,
@@ -296,15 +345,28 @@ impl TestBackend {
         *self.last_call.lock() = Some(request.clone());
         let input = request.input.input().cloned().unwrap_or_default();
         if input.starts_with(&[0xde, 0xad, 0xbe, 0xef]) {
-            CallOutcome::Revert { gas_used: 30_000, output: revert_nope() }
+            CallOutcome::Revert {
+                gas_used: 30_000,
+                output: revert_nope(),
+            }
         } else if input.starts_with(&[0xba, 0xd0]) {
-            CallOutcome::Halt { gas_used: GAS_LIMIT, reason: "out of gas".into() }
+            CallOutcome::Halt {
+                gas_used: GAS_LIMIT,
+                reason: "out of gas".into(),
+            }
         } else if input.starts_with(&[0xfe]) {
-            CallOutcome::Halt { gas_used: 100, reason: "invalid opcode: INVALID".into() }
+            CallOutcome::Halt {
+                gas_used: 100,
+                reason: "invalid opcode: INVALID".into(),
+            }
         } else {
             let mut word = [0u8; 32];
             word[31] = 0x2a;
-            CallOutcome::Success { gas_used: 21_000 + 16 * input.len() as u64, output: word.to_vec().into(), logs: vec![] }
+            CallOutcome::Success {
+                gas_used: 21_000 + 16 * input.len() as u64,
+                output: word.to_vec().into(),
+                logs: vec![],
+            }
         }
     }
 }
@@ -336,13 +398,21 @@ impl Backend for TestBackend {
     }
 
     fn block_number_by_hash(&self, hash: B256) -> Result<Option<u64>, BackendError> {
-        Ok(self.blocks.lock().iter().find(|b| b.hash == hash).map(|b| b.header.number))
+        Ok(self
+            .blocks
+            .lock()
+            .iter()
+            .find(|b| b.hash == hash)
+            .map(|b| b.header.number))
     }
 
     fn transaction(&self, hash: B256) -> Result<Option<TxView>, BackendError> {
         if hash == PRECONFIRMED_HASH {
             let view = self.preconfirmed_view(make_tx(99, b""));
-            return Ok(Some(TxView { tx: view.tx, location: Some(view.location) }));
+            return Ok(Some(TxView {
+                tx: view.tx,
+                location: Some(view.location),
+            }));
         }
         Ok(self.find_tx(hash).map(|(block, i)| TxView {
             tx: block.transactions[i].clone(),
@@ -361,10 +431,18 @@ impl Backend for TestBackend {
         }))
     }
 
-    fn logs(&self, from: u64, to: u64, filter: &Filter, limit: usize) -> Result<Vec<Log>, BackendError> {
+    fn logs(
+        &self,
+        from: u64,
+        to: u64,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Log>, BackendError> {
         let mut out = Vec::new();
         for number in from..=to {
-            let Some(block) = self.block_by_number(number)? else { break };
+            let Some(block) = self.block_by_number(number)? else {
+                break;
+            };
             for (i, (tx, receipt)) in block.transactions.iter().zip(&block.receipts).enumerate() {
                 for (j, log) in receipt.receipt.logs().iter().enumerate() {
                     if !filter.matches(log) {
@@ -450,7 +528,9 @@ impl Backend for TestBackend {
     fn send_raw_transaction(&self, raw: Bytes) -> Result<B256, BackendError> {
         match raw.as_ref() {
             [0x01] => Err(BackendError::AlreadyKnown),
-            [0x02] => Err(BackendError::InvalidTransaction("nonce too low: next nonce 3, tx nonce 1".into())),
+            [0x02] => Err(BackendError::InvalidTransaction(
+                "nonce too low: next nonce 3, tx nonce 1".into(),
+            )),
             _ => Ok(keccak256(&raw)),
         }
     }
@@ -473,7 +553,9 @@ impl Backend for TestBackend {
             }
             // Accepted, then refused at execution.
             [0x05] => {
-                let _ = sender.send(Err(BackendError::InvalidTransaction("insufficient funds for gas * price + value".into())));
+                let _ = sender.send(Err(BackendError::InvalidTransaction(
+                    "insufficient funds for gas * price + value".into(),
+                )));
                 Ok((keccak256(&raw), receiver))
             }
             _ => {
@@ -486,7 +568,12 @@ impl Backend for TestBackend {
         }
     }
 
-    fn proof(&self, address: Address, slots: &[B256], at: StateAt) -> Result<EIP1186AccountProofResponse, BackendError> {
+    fn proof(
+        &self,
+        address: Address,
+        slots: &[B256],
+        at: StateAt,
+    ) -> Result<EIP1186AccountProofResponse, BackendError> {
         Self::state_marker(at)?;
         Ok(EIP1186AccountProofResponse {
             address,
@@ -522,9 +609,14 @@ impl Backend for TestBackend {
 /// A server over a fresh test backend on an ephemeral port.
 pub async fn serve(configure: impl FnOnce(&mut RpcConfig)) -> (RpcHandle, Arc<TestBackend>) {
     let backend = TestBackend::new();
-    let mut config = RpcConfig { addr: SocketAddr::from(([127, 0, 0, 1], 0)), ..RpcConfig::default() };
+    let mut config = RpcConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..RpcConfig::default()
+    };
     configure(&mut config);
-    let handle = rtchain_rpc::start(config, backend.clone()).await.expect("server starts");
+    let handle = rtchain_rpc::start(config, backend.clone())
+        .await
+        .expect("server starts");
     (handle, backend)
 }
 
@@ -535,8 +627,14 @@ pub async fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String, Str
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read");
     let response = String::from_utf8(response).expect("utf-8 response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("header/body separator");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("header/body separator");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
     (status, head.to_owned(), body.to_owned())
 }
 
