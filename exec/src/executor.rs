@@ -53,13 +53,13 @@ impl BlockContext {
 
 /// What happened to one transaction offered to a mini-block.
 #[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "Included is the common case; boxing it would add an allocation per transaction"
+)]
 pub enum TxOutcome {
     /// Executed (successfully or not) and included, with its receipt.
-    Included {
-        tx: RecoveredTx,
-        receipt: TxReceipt,
-        result: ExecutionResult,
-    },
+    Included { tx: RecoveredTx, receipt: TxReceipt },
     /// Refused by a consensus rule (nonce, balance, fee); not included, nothing charged.
     Rejected { tx: RecoveredTx, error: TxError },
     /// Does not fit the gas left in this EVM block; offer it to the next one.
@@ -115,11 +115,7 @@ pub fn execute_batch<R: StateReader>(
                     block.base_fee,
                 );
                 logs += result.logs().len() as u64;
-                outcomes.push(TxOutcome::Included {
-                    tx,
-                    receipt,
-                    result,
-                });
+                outcomes.push(TxOutcome::Included { tx, receipt });
             }
             Err(EVMError::Transaction(invalid)) => {
                 let error = map_invalid(&tx, invalid, block);

@@ -273,13 +273,14 @@ impl<R> Overlay<R> {
             change.storage.insert(*slot, value.present_value());
         }
         let mut info = account.info;
-        if let Some(code) = info.code.take() {
-            if info.code_hash != KECCAK_EMPTY && !code.is_empty() {
-                self.diff
-                    .codes
-                    .entry(info.code_hash)
-                    .or_insert_with(|| code.original_bytes());
-            }
+        if let Some(code) = info.code.take()
+            && info.code_hash != KECCAK_EMPTY
+            && !code.is_empty()
+        {
+            self.diff
+                .codes
+                .entry(info.code_hash)
+                .or_insert_with(|| code.original_bytes());
         }
         change.info = Some(info);
     }

@@ -131,10 +131,8 @@ pub fn decode_and_recover(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx
 pub fn check_static(tx: &TxEnvelope, config: &ExecConfig) -> Result<(), TxError> {
     match tx {
         TxEnvelope::Eip4844(_) => return Err(TxError::BlobNotSupported),
-        TxEnvelope::Eip7702(signed) => {
-            if signed.tx().authorization_list.is_empty() {
-                return Err(TxError::EmptyAuthList);
-            }
+        TxEnvelope::Eip7702(signed) if signed.tx().authorization_list.is_empty() => {
+            return Err(TxError::EmptyAuthList);
         }
         _ => {}
     }
@@ -151,10 +149,10 @@ pub fn check_static(tx: &TxEnvelope, config: &ExecConfig) -> Result<(), TxError>
     if tx.gas_limit() > config.block_gas_limit {
         return Err(TxError::GasLimitExceeded);
     }
-    if let Some(tip) = tx.max_priority_fee_per_gas() {
-        if tip > tx.max_fee_per_gas() {
-            return Err(TxError::TipAboveFeeCap);
-        }
+    if let Some(tip) = tx.max_priority_fee_per_gas()
+        && tip > tx.max_fee_per_gas()
+    {
+        return Err(TxError::TipAboveFeeCap);
     }
     if tx.kind().is_create() && tx.input().len() > MAX_INITCODE_SIZE_BYTES {
         return Err(TxError::InitcodeTooLarge {

@@ -847,11 +847,11 @@ async fn transaction_receipt(
         if let Some(watch) = sealed.as_mut() {
             watch.borrow_and_update();
         }
-        if let Some(view) = ctx.backend.receipt(hash).map_err(from_backend)? {
-            if view.location.block_hash.is_some() {
-                let position = TxPosition::from_location(&view.location);
-                return Ok(Some(rpc_receipt(&view.tx, &view.receipt, &position)));
-            }
+        if let Some(view) = ctx.backend.receipt(hash).map_err(from_backend)?
+            && view.location.block_hash.is_some()
+        {
+            let position = TxPosition::from_location(&view.location);
+            return Ok(Some(rpc_receipt(&view.tx, &view.receipt, &position)));
         }
         let Some(watch) = sealed.as_mut() else {
             return Ok(None);

@@ -180,12 +180,10 @@ impl NodeBackend {
         if let Some(list) = &request.authorization_list {
             env.authorization_list = list.iter().cloned().map(Either::Left).collect();
         }
-        if env.tx_type == 4 {
-            if let TxKind::Create = env.kind {
-                return Err(BackendError::InvalidParams(
-                    "EIP-7702 transactions cannot create contracts".into(),
-                ));
-            }
+        if env.tx_type == 4 && env.kind == TxKind::Create {
+            return Err(BackendError::InvalidParams(
+                "EIP-7702 transactions cannot create contracts".into(),
+            ));
         }
         let checks = SimulationChecks {
             no_base_fee: !fee_given,
@@ -355,7 +353,8 @@ impl Backend for NodeBackend {
                     .unwrap_or_default();
                 a..=b
             }
-            _ => 1..=0,
+            // A block without transactions carries no mini-block: an empty range.
+            _ => std::ops::RangeInclusive::new(1, 0),
         };
         Ok(Some(Arc::new(SealedBlock {
             header,
@@ -647,10 +646,10 @@ impl Backend for NodeBackend {
         at: StateAt,
     ) -> Result<EIP1186AccountProofResponse, BackendError> {
         let head = self.chain.state.read().head;
-        if let StateAt::Block(n) = at {
-            if n != head.number {
-                return Err(BackendError::HistoricalStateUnavailable(n));
-            }
+        if let StateAt::Block(n) = at
+            && n != head.number
+        {
+            return Err(BackendError::HistoricalStateUnavailable(n));
         }
         // Proofs are against the newest sealed block: its root is what clients can check.
         let view = self.chain.store.view();

@@ -70,7 +70,7 @@ impl Node {
 
     /// Stops RPC, lets the sequencer finish its mini-block, and syncs storage.
     pub async fn stop(mut self) {
-        let _ = self.rpc.stop();
+        self.rpc.stop();
         self.rpc.stopped().await;
         self.chain.shutdown();
         if let Some(handle) = self.sequencer.take() {

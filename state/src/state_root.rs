@@ -179,7 +179,7 @@ pub fn full_state_root(view: &StoreView<'_>) -> Result<B256, StoreError> {
                 encode_slot_value(&value),
             ));
         })?;
-        slots.sort_by(|a, b| a.0.cmp(&b.0));
+        slots.sort_by_key(|(key, _)| *key);
         let mut builder = HashBuilder::default();
         for (key, value) in &slots {
             builder.add_leaf(Nibbles::unpack(key), value);
@@ -194,7 +194,7 @@ pub fn full_state_root(view: &StoreView<'_>) -> Result<B256, StoreError> {
         leaves.push((keccak256(address), encode_account(&leaf)));
         Ok(())
     })?;
-    leaves.sort_by(|a, b| a.0.cmp(&b.0));
+    leaves.sort_by_key(|(key, _)| *key);
     let mut builder = HashBuilder::default();
     for (key, value) in &leaves {
         builder.add_leaf(Nibbles::unpack(key), value);
