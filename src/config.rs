@@ -86,8 +86,8 @@ impl Default for RpcSection {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8545".parse().expect("valid address"),
-            max_connections: 1024,
-            max_request_body_bytes: 10 << 20,
+            max_connections: 512,
+            max_request_body_bytes: 5 << 20,
             max_batch_len: 100,
         }
     }

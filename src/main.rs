@@ -6,6 +6,7 @@
 mod bench;
 mod config;
 mod node;
+mod statetest;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -33,6 +34,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run ethereum/tests GeneralStateTests through our executor (docs/conformance.md).
+    Statetest(StatetestArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -43,6 +46,22 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct StatetestArgs {
+    /// Fixture files, or directories searched recursively for *.json.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Only this fork's cases: Cancun, Prague or Osaka (default: all three).
+    #[arg(long)]
+    fork: Option<String>,
+    /// Worker threads (default: available parallelism).
+    #[arg(long)]
+    jobs: Option<std::num::NonZeroUsize>,
+    /// Also print skipped cases, per-file times and skip reasons.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +100,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::Statetest(args) = cli.command {
+        let options = statetest::StatetestOptions {
+            fork: args.fork,
+            jobs: args.jobs,
+            verbose: args.verbose,
+        };
+        return match statetest::run(&args.paths, &options) {
+            Ok(summary) if summary.success() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("statetest: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,6 +137,7 @@ fn main() -> ExitCode {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Command::VerifyState { data_dir } => verify_state(&data_dir),
+            Command::Statetest(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

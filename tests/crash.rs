@@ -3,7 +3,8 @@
 //! Several senders load the node (ETH transfers and ERC-20 transfers, some of which revert,
 //! through eth_sendRawTransactionSync and eth_sendRawTransaction), the node is killed with
 //! SIGKILL at a random moment, its state root is recomputed from scratch on the stopped data
-//! directory (`rtchain verify-state`), and it is restarted on the same data directory. Then:
+//! directory (`rtchain verify-state`), and it is restarted on the same data directory (on the same
+//! port half of the time). Then:
 //! - every transaction whose receipt a client got before the kill (from the sync call, or from
 //!   eth_getTransactionReceipt) is still there, in the same block at the same index, with the
 //!   same status, gas and logs (and the same block hash if the receipt had one);
@@ -14,12 +15,14 @@
 //!
 //! Randomness is seeded and the seed printed; `RTCHAIN_CRASH_SEED` replays the same choices
 //! (the kill moments are real time, so a run is not bit-for-bit repeatable). Iterations:
-//! `RTCHAIN_CRASH_ITERATIONS` (default 20, about a minute on the 2-core CI machine).
+//! `RTCHAIN_CRASH_ITERATIONS` (default 20 for the devnet test, about 25 s on a quiet 2-core CI
+//! machine; 10 for the wrapping-log variant, which runs more until the log has wrapped twice).
 
 mod common;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -34,7 +37,7 @@ use alloy::{
 };
 use common::{
     DEV_BALANCE_WEI, Devnet, ReceiptFacts, Rpc, RpcFailure, SignedTx, Token, dev_signer, eip1559,
-    quantity_u64, sign, token_deploy_input, verify_state, wait_for,
+    free_port, quantity_u64, sign, token_deploy_input, verify_state, wait_for,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
@@ -47,6 +50,11 @@ const DEPLOYER: u32 = 4;
 /// Receive ETH and tokens; never send.
 const RECIPIENTS: [u32; 5] = [5, 6, 7, 8, 9];
 const ITERATIONS_DEFAULT: usize = 20;
+/// The wrapping-log variant: the smallest log the config allows, and at least this many laps'
+/// worth of raw transactions (a lower bound on what the log holds: records add headers).
+const SMALL_LOG_BYTES: u64 = 1 << 20;
+const SMALL_LOG_LAPS_MIN: u64 = 2;
+const SMALL_LOG_ITERATIONS_DEFAULT: usize = 10;
 /// The kill comes this long after the load starts (uniformly random in the range).
 const LOAD_MS_MIN: u64 = 20;
 const LOAD_MS_MAX: u64 = 900;
@@ -81,6 +89,7 @@ struct Ack {
 #[derive(Debug, Clone)]
 struct Sent {
     hash: B256,
+    raw_len: usize,
     sender: usize,
     nonce: u64,
     op: Op,
@@ -117,17 +126,48 @@ struct Ledger {
     blocks_new: Vec<(u64, B256)>,
     confirmed: usize,
     lost: usize,
+    /// Raw bytes of the transactions in the chain.
+    raw_bytes: u64,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_transactions_survive_kill_9() {
+    crash_loop(ITERATIONS_DEFAULT, 0, |dir, port| {
+        Devnet::start_on(dir, port, &[])
+    })
+    .await;
+}
+
+/// The same with a 1 MiB mini-block log (the smallest allowed), so that the log wraps: a
+/// record then overwrites space whose mini-blocks must already be durable in RocksDB.
+/// Runs until the transactions written add up to [`SMALL_LOG_LAPS_MIN`] laps of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_transactions_survive_kill_9_with_a_wrapping_log() {
+    let sections = format!("[storage]\nminilog_size_bytes = {SMALL_LOG_BYTES}");
+    crash_loop(
+        SMALL_LOG_ITERATIONS_DEFAULT,
+        SMALL_LOG_BYTES * SMALL_LOG_LAPS_MIN,
+        |dir, port| Devnet::start_node_config(dir, port, &sections),
+    )
+    .await;
+}
+
+/// Kills and restarts a node (started by `start` on a data directory and a port) in a loop under load;
+/// checks after every restart, then once more after a last load without a kill and a clean
+/// stop. Runs `iterations` (or RTCHAIN_CRASH_ITERATIONS) kills, more if the raw transactions
+/// sent add up to less than `log_bytes_min` (at most 3 times as many kills).
+async fn crash_loop(
+    iterations_default: usize,
+    log_bytes_min: u64,
+    start: impl Fn(&Path, u16) -> Devnet,
+) {
     let seed: u64 = match std::env::var("RTCHAIN_CRASH_SEED") {
         Ok(s) => s.parse().expect("RTCHAIN_CRASH_SEED is a u64"),
         Err(_) => rand::random(),
     };
     let iterations: usize = match std::env::var("RTCHAIN_CRASH_ITERATIONS") {
         Ok(s) => s.parse().expect("RTCHAIN_CRASH_ITERATIONS is a number"),
-        Err(_) => ITERATIONS_DEFAULT,
+        Err(_) => iterations_default,
     };
     println!(
         "crash test: seed {seed} (RTCHAIN_CRASH_SEED={seed} replays the choices), {iterations} iterations"
@@ -137,7 +177,7 @@ async fn acknowledged_transactions_survive_kill_9() {
     let temp = tempfile::tempdir().expect("temp dir");
     let data_dir = temp.path().join("data");
 
-    let mut node = Devnet::start_in(&data_dir, &[]);
+    let mut node = start(&data_dir, free_port());
     let mut rpc = Rpc::new(&node.url());
     let signers: Vec<PrivateKeySigner> = SENDERS.iter().map(|i| dev_signer(*i)).collect();
     let mut ledger = setup(&rpc).await;
@@ -145,7 +185,9 @@ async fn acknowledged_transactions_survive_kill_9() {
     ledger.next_nonce = vec![0; SENDERS.len()];
     ledger.spent_wei = vec![U256::ZERO; SENDERS.len()];
 
-    for iteration in 0..iterations {
+    let mut iteration = 0;
+    while iteration < iterations || (ledger.raw_bytes < log_bytes_min && iteration < 3 * iterations)
+    {
         let load_ms = rng.random_range(LOAD_MS_MIN..=LOAD_MS_MAX);
         let load = Duration::from_millis(load_ms);
         let result = run_load(
@@ -170,7 +212,13 @@ async fn acknowledged_transactions_survive_kill_9() {
             String::from_utf8_lossy(&verify.stderr)
         );
 
-        node = Devnet::start_in(&data_dir, &[]);
+        // Half the restarts reuse the port the killed node listened on, as an operator's would.
+        let port = if rng.random_bool(0.5) {
+            node.port
+        } else {
+            free_port()
+        };
+        node = start(&data_dir, port);
         rpc = Rpc::new(&node.url());
         let failures = ledger.check_after_restart(&rpc, &mut rng).await;
         let head = rpc.block_number().await.expect("eth_blockNumber");
@@ -183,7 +231,13 @@ async fn acknowledged_transactions_survive_kill_9() {
             "seed {seed}, iteration {iteration}:\n{}",
             failures.join("\n")
         );
+        iteration += 1;
     }
+    assert!(
+        ledger.raw_bytes >= log_bytes_min,
+        "seed {seed}: only {} bytes of transactions in {iteration} iterations, fewer than the {log_bytes_min} this test needs",
+        ledger.raw_bytes
+    );
 
     // The chain goes on after the last restart; then a clean stop keeps everything.
     let result = run_load(
@@ -191,7 +245,7 @@ async fn acknowledged_transactions_survive_kill_9() {
         &signers,
         &ledger,
         &mut rng,
-        iterations,
+        iteration,
         Duration::from_millis(300),
         None,
     )
@@ -217,7 +271,7 @@ async fn acknowledged_transactions_survive_kill_9() {
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
-    let node = Devnet::start_in(&data_dir, &[]);
+    let node = start(&data_dir, node.port);
     let rpc = Rpc::new(&node.url());
     assert_eq!(
         block_hash(&rpc, head).await,
@@ -225,8 +279,9 @@ async fn acknowledged_transactions_survive_kill_9() {
         "block {head} changed across a clean restart"
     );
     println!(
-        "crash test passed: seed {seed}, {iterations} kills, {} transactions in chain, {} acknowledged, {:.1} s",
+        "crash test passed: seed {seed}, {iteration} kills, {} transactions in chain ({} bytes), {} acknowledged, {:.1} s",
         ledger.confirmed,
+        ledger.raw_bytes,
         ledger.acks.len(),
         started.elapsed().as_secs_f64()
     );
@@ -293,6 +348,7 @@ async fn setup(rpc: &Rpc) -> Ledger {
         blocks_new: Vec::new(),
         confirmed: 0,
         lost: 0,
+        raw_bytes: 0,
     }
 }
 
@@ -412,6 +468,7 @@ impl SenderTask {
                     let (op, tx) = self.next_tx(&mut rng);
                     let sent = Sent {
                         hash: tx.hash,
+                        raw_len: tx.raw.len(),
                         sender: self.sender,
                         nonce: self.nonce,
                         op,
@@ -445,6 +502,7 @@ impl SenderTask {
                 let (op, tx) = self.next_tx(&mut rng);
                 let mut sent = Sent {
                     hash: tx.hash,
+                    raw_len: tx.raw.len(),
                     sender: self.sender,
                     nonce: self.nonce,
                     op,
@@ -587,12 +645,12 @@ impl Ledger {
         // Blocks seen before the kill keep their hashes.
         let new_blocks = std::mem::take(&mut self.blocks_new);
         for (number, hash) in &new_blocks {
-            if let Some(old) = self.blocks_seen.insert(*number, *hash) {
-                if old != *hash {
-                    failures.push(format!(
-                        "clients saw two hashes for block {number}: {old} and {hash}"
-                    ));
-                }
+            if let Some(old) = self.blocks_seen.insert(*number, *hash)
+                && old != *hash
+            {
+                failures.push(format!(
+                    "clients saw two hashes for block {number}: {old} and {hash}"
+                ));
             }
         }
         let seen: BTreeMap<u64, B256> = new_blocks.into_iter().collect();
@@ -647,6 +705,7 @@ impl Ledger {
             self.apply(sent, receipt);
         }
         self.confirmed += executed.len();
+        self.raw_bytes += executed.iter().map(|s| s.raw_len as u64).sum::<u64>();
         self.next_nonce = chain_nonce;
 
         // A sample of older acknowledged receipts (all of them at the end).
@@ -880,13 +939,12 @@ async fn check_chain(rpc: &Rpc, from: u64, seen: &BTreeMap<u64, B256>) -> Vec<St
     for number in from.max(1)..=head {
         if let (Some((_, parent)), Some((previous, _))) =
             (blocks.get(&number), blocks.get(&(number - 1)))
+            && parent != previous
         {
-            if parent != previous {
-                failures.push(format!(
-                    "block {number}: parentHash {parent} but block {} has hash {previous}",
-                    number - 1
-                ));
-            }
+            failures.push(format!(
+                "block {number}: parentHash {parent} but block {} has hash {previous}",
+                number - 1
+            ));
         }
     }
     for (number, hash) in seen {
@@ -894,12 +952,12 @@ async fn check_chain(rpc: &Rpc, from: u64, seen: &BTreeMap<u64, B256>) -> Vec<St
             failures.push(format!(
                 "block {number} ({hash}) was seen before the kill but the head is {head}"
             ));
-        } else if let Some((now, _)) = blocks.get(number) {
-            if now != hash {
-                failures.push(format!(
-                    "block {number} was {hash} before the kill and is {now} now"
-                ));
-            }
+        } else if let Some((now, _)) = blocks.get(number)
+            && now != hash
+        {
+            failures.push(format!(
+                "block {number} was {hash} before the kill and is {now} now"
+            ));
         }
     }
     failures

@@ -283,7 +283,7 @@ fn filter_changes(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<FilterChan
             if *next_block > head {
                 return Ok(FilterChanges::Empty);
             }
-            let to = head.min(*next_block + (max_range - 1));
+            let to = head.min(next_block.saturating_add(max_range - 1));
             let mut hashes = Vec::with_capacity((to - *next_block + 1) as usize);
             for number in *next_block..=to {
                 match ctx.block_by_number(number)? {

@@ -48,6 +48,10 @@ impl Anvil {
             // Anvil logs every request and block to stdout; at thousands of transactions per
             // second that logging costs it CPU the benchmark would then attribute to anvil.
             .arg("--quiet")
+            // Automine makes a block, and so a state snapshot, per transaction; by default anvil
+            // keeps every snapshot (in memory, then on disk). Keeping only recent ones bounds its
+            // memory and disk use over a long run; the benchmark reads only the latest state.
+            .arg("--prune-history")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

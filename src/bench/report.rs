@@ -69,6 +69,9 @@ pub struct BenchResult {
     /// generator, not only the node, was short of capacity.
     pub send_lag_p99_us: u64,
     pub send_lag_max_us: u64,
+    /// `eth_getTransactionReceipt` calls in poll mode (0 in sync mode): the read load polling
+    /// added on top of the transactions.
+    pub receipt_polls: u64,
     pub machine: Machine,
     pub commit: String,
     /// UTC, RFC 3339, when the timed phase ended.

@@ -14,12 +14,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use alloy_primitives::{B256, Bytes, TxKind, U256};
+use alloy_primitives::{Address, B256, Bytes, TxKind, U256};
 use alloy_signer_local::PrivateKeySigner;
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
+use jsonrpsee::core::ClientError;
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClient;
 use jsonrpsee::rpc_params;
@@ -111,7 +113,7 @@ impl Workload {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RpcBenchArgs {
     /// JSON-RPC endpoint to load; repeat or comma-separate to measure several nodes in turn with
-    /// the same load [default: http://127.0.0.1:8545, unless --anvil is given]
+    /// the same load [default: `http://127.0.0.1:8545`, unless --anvil is given]
     #[arg(long = "url", value_name = "URL", value_delimiter = ',')]
     pub urls: Vec<String>,
 
@@ -139,7 +141,7 @@ pub struct RpcBenchArgs {
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
 
-    /// Poll mode: wait between two eth_getTransactionReceipt calls for one transaction, ms.
+    /// Poll mode: wait between two `eth_getTransactionReceipt` calls for one transaction, ms.
     #[arg(long = "poll-interval-ms", value_name = "MS", default_value_t = 2)]
     pub poll_interval_ms: u64,
 
@@ -341,6 +343,7 @@ impl RunContext<'_> {
             mean_us: (run.received > 0).then(|| round1(run.latency_us.mean())),
             send_lag_p99_us: run.send_lag_us.value_at_quantile(0.99),
             send_lag_max_us: run.send_lag_us.max(),
+            receipt_polls: run.receipt_polls,
             machine: Machine::current(),
             commit: current_commit(),
             timestamp: utc_timestamp(),
@@ -353,14 +356,14 @@ impl RunContext<'_> {
     /// around a ring of accounts that already exist instead of creating new ones.
     async fn prepare(&self, node: &Node) -> Result<Vec<SignedTx>, BenchError> {
         let senders = self.senders;
-        let funder = self.funder;
         let n = senders.len();
-        let total = self.args.total_txs();
         let recipient = |s: usize| senders[(s + 1) % n].address();
-        let fees = node.fee_params().await?;
-        let mut funder_nonce = node.nonce(funder.address()).await?;
-        let mut setup_txs = Vec::with_capacity(2 * n);
-
+        let mut funder = Funder {
+            signer: self.funder,
+            fees: node.fee_params().await?,
+            nonce: node.nonce(self.funder.address()).await?,
+            txs: Vec::with_capacity(2 * n),
+        };
         let calls: Vec<Call> = match self.token {
             None => (0..n)
                 .map(|s| Call {
@@ -371,50 +374,7 @@ impl RunContext<'_> {
                 })
                 .collect(),
             Some(token) => {
-                let code = token.deploy_code(U256::from(TOKEN_SUPPLY), funder.address())?;
-                let gas = node.estimate_gas(funder.address(), None, &code).await?;
-                let deploy = Call {
-                    to: TxKind::Create,
-                    value: U256::ZERO,
-                    input: code,
-                    gas_limit: with_margin(gas),
-                };
-                let deploy = sign(funder, fees, funder_nonce, &deploy)?;
-                funder_nonce += 1;
-                let receipts = node
-                    .send_and_confirm(std::slice::from_ref(&deploy), "token deployment")
-                    .await?;
-                let address = receipts
-                    .first()
-                    .and_then(|r| r.contract_address)
-                    .ok_or_else(|| BenchError::Setup {
-                        target: node.url.clone(),
-                        reason: format!(
-                            "token deployment {}: receipt has no contractAddress",
-                            deploy.hash
-                        ),
-                    })?;
-                // Measured once, on the funder's transfer to a sender that holds no tokens yet:
-                // writing a zero balance slot is the dearest path, so the limit also covers the
-                // timed transfers between senders that all hold tokens.
-                let probe =
-                    token.transfer_calldata(senders[0].address(), U256::from(TOKENS_PER_SENDER))?;
-                let gas_limit = with_margin(
-                    node.estimate_gas(funder.address(), Some(address), &probe)
-                        .await?,
-                );
-                for sender in senders {
-                    let input =
-                        token.transfer_calldata(sender.address(), U256::from(TOKENS_PER_SENDER))?;
-                    let call = Call {
-                        to: TxKind::Call(address),
-                        value: U256::ZERO,
-                        input,
-                        gas_limit,
-                    };
-                    setup_txs.push(sign(funder, fees, funder_nonce, &call)?);
-                    funder_nonce += 1;
-                }
+                let (address, gas_limit) = self.deploy_token(node, token, &mut funder).await?;
                 (0..n)
                     .map(|s| {
                         Ok(Call {
@@ -428,56 +388,14 @@ impl RunContext<'_> {
                     .collect::<Result<_, BenchError>>()?
             }
         };
-
-        // Each sender needs the gas and value of its share of the schedule at the signed max fee.
-        // A sender short of that gets twice its need, so repeated runs rarely fund again.
-        let balances: Vec<U256> =
-            futures::stream::iter(senders.iter().map(|s| node.balance(s.address())))
-                .buffered(SETUP_PARALLELISM)
-                .try_collect()
-                .await?;
-        let mut funding_wei = U256::ZERO;
-        for (s, balance) in balances.iter().enumerate() {
-            let txs = total / n as u64 + u64::from((s as u64) < total % n as u64);
-            let call = &calls[s];
-            let cost = U256::from(call.gas_limit) * U256::from(fees.max_fee_per_gas) + call.value;
-            let need = U256::from(txs) * cost;
-            if *balance >= need {
-                continue;
-            }
-            let value = need * U256::from(2);
-            funding_wei += value;
-            let fund = Call {
-                to: TxKind::Call(senders[s].address()),
-                value,
-                input: Bytes::new(),
-                gas_limit: TRANSFER_GAS,
-            };
-            setup_txs.push(sign(funder, fees, funder_nonce, &fund)?);
-            funder_nonce += 1;
-        }
-        let funder_balance = node.balance(funder.address()).await?;
-        let setup_fees = U256::from(setup_txs.len())
-            * U256::from(TRANSFER_GAS.max(calls[0].gas_limit))
-            * U256::from(fees.max_fee_per_gas);
-        if funder_balance < funding_wei + setup_fees {
-            return Err(BenchError::Setup {
-                target: node.url.clone(),
-                reason: format!(
-                    "funder {} holds {funder_balance} wei but funding the senders needs {}; fund it, \
-                     or lower --rate / --duration",
-                    funder.address(),
-                    funding_wei + setup_fees
-                ),
-            });
-        }
-        if !setup_txs.is_empty() {
+        self.fund_senders(node, &calls, &mut funder).await?;
+        if !funder.txs.is_empty() {
             eprintln!(
                 "bench rpc: {}: {} funding and token transactions",
                 node.url,
-                setup_txs.len()
+                funder.txs.len()
             );
-            node.send_and_confirm(&setup_txs, "funding").await?;
+            node.send_and_confirm(&funder.txs, "funding").await?;
         }
 
         let nonces: Vec<u64> =
@@ -485,7 +403,137 @@ impl RunContext<'_> {
                 .buffered(SETUP_PARALLELISM)
                 .try_collect()
                 .await?;
-        sign_schedule(senders.to_vec(), calls, nonces, fees, total).await
+        let total = self.args.total_txs();
+        sign_schedule(senders.to_vec(), calls, nonces, funder.fees, total).await
+    }
+
+    /// Deploys the token (waiting for it), queues a token transfer from the funder to every
+    /// sender, and returns the token's address and the gas limit for transfers.
+    async fn deploy_token(
+        &self,
+        node: &Node,
+        token: &Token,
+        funder: &mut Funder<'_>,
+    ) -> Result<(Address, u64), BenchError> {
+        let from = funder.signer.address();
+        let code = token.deploy_code(U256::from(TOKEN_SUPPLY), from)?;
+        let gas = node.estimate_gas(from, None, &code).await?;
+        let deploy = funder.sign(TxKind::Create, U256::ZERO, code, with_margin(gas))?;
+        let receipts = node
+            .send_and_confirm(std::slice::from_ref(&deploy), "token deployment")
+            .await?;
+        let address = receipts
+            .first()
+            .and_then(|r| r.contract_address)
+            .ok_or_else(|| BenchError::Setup {
+                target: node.url.clone(),
+                reason: format!(
+                    "token deployment {}: receipt has no contractAddress",
+                    deploy.hash
+                ),
+            })?;
+        // Measured once, on the funder's transfer to a sender that holds no tokens yet: writing
+        // a zero balance slot is the dearest path, so the limit also covers the timed transfers
+        // between senders that all hold tokens.
+        let amount = U256::from(TOKENS_PER_SENDER);
+        let probe = token.transfer_calldata(self.senders[0].address(), amount)?;
+        let gas_limit = with_margin(node.estimate_gas(from, Some(address), &probe).await?);
+        for sender in self.senders {
+            let input = token.transfer_calldata(sender.address(), amount)?;
+            funder.queue(TxKind::Call(address), U256::ZERO, input, gas_limit)?;
+        }
+        Ok((address, gas_limit))
+    }
+
+    /// Queues a top-up for every sender whose balance does not cover the gas and value of its
+    /// share of the schedule at the signed max fee. A sender short of that gets twice its need,
+    /// so repeated runs rarely fund again.
+    async fn fund_senders(
+        &self,
+        node: &Node,
+        calls: &[Call],
+        funder: &mut Funder<'_>,
+    ) -> Result<(), BenchError> {
+        let senders = self.senders;
+        let n = senders.len() as u64;
+        let total = self.args.total_txs();
+        let max_fee = U256::from(funder.fees.max_fee_per_gas);
+        let balances: Vec<U256> =
+            futures::stream::iter(senders.iter().map(|s| node.balance(s.address())))
+                .buffered(SETUP_PARALLELISM)
+                .try_collect()
+                .await?;
+        let mut funding_wei = U256::ZERO;
+        for ((s, balance), call) in balances.iter().enumerate().zip(calls) {
+            let txs = total / n + u64::from((s as u64) < total % n);
+            let need = U256::from(txs) * (U256::from(call.gas_limit) * max_fee + call.value);
+            if *balance < need {
+                let value = need * U256::from(2);
+                funding_wei += value;
+                let to = TxKind::Call(senders[s].address());
+                funder.queue(to, value, Bytes::new(), TRANSFER_GAS)?;
+            }
+        }
+        // Every queued transaction costs at most the dearer of the two gas limits.
+        let gas_max = calls
+            .iter()
+            .map(|c| c.gas_limit)
+            .fold(TRANSFER_GAS, u64::max);
+        let setup_fees = U256::from(funder.txs.len()) * U256::from(gas_max) * max_fee;
+        let funder_balance = node.balance(funder.signer.address()).await?;
+        if funder_balance < funding_wei + setup_fees {
+            return Err(BenchError::Setup {
+                target: node.url.clone(),
+                reason: format!(
+                    "funder {} holds {funder_balance} wei but funding the senders needs {}; \
+                     fund it, or lower --rate / --duration",
+                    funder.signer.address(),
+                    funding_wei + setup_fees
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The funder's setup transactions, signed with locally tracked nonces.
+struct Funder<'a> {
+    signer: &'a PrivateKeySigner,
+    fees: FeeParams,
+    nonce: u64,
+    /// Signed and waiting to be sent by [`Node::send_and_confirm`].
+    txs: Vec<SignedTx>,
+}
+
+impl Funder<'_> {
+    fn sign(
+        &mut self,
+        to: TxKind,
+        value: U256,
+        input: Bytes,
+        gas_limit: u64,
+    ) -> Result<SignedTx, BenchError> {
+        let call = Call {
+            to,
+            value,
+            input,
+            gas_limit,
+        };
+        let tx = sign(self.signer, self.fees, self.nonce, &call)?;
+        self.nonce += 1;
+        Ok(tx)
+    }
+
+    fn queue(
+        &mut self,
+        to: TxKind,
+        value: U256,
+        input: Bytes,
+        gas_limit: u64,
+    ) -> Result<(), BenchError> {
+        let tx = self.sign(to, value, input, gas_limit)?;
+        self.txs.push(tx);
+        Ok(())
     }
 }
 
@@ -530,6 +578,8 @@ struct Shared {
     mode: Mode,
     poll_interval: Duration,
     timeout: Duration,
+    /// `eth_getTransactionReceipt` calls made by poll mode: the read load it added.
+    receipt_polls: AtomicU64,
 }
 
 enum Outcome {
@@ -556,6 +606,7 @@ struct Run {
     last_receipt: Option<Instant>,
     latency_us: Histogram<u64>,
     send_lag_us: Histogram<u64>,
+    receipt_polls: u64,
 }
 
 fn histogram() -> Result<Histogram<u64>, BenchError> {
@@ -582,7 +633,9 @@ async fn run_schedule(
         mode: args.mode,
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         timeout: Duration::from_secs(args.timeout_s),
+        receipt_polls: AtomicU64::new(0),
     });
+    let shared_after = Arc::clone(&shared);
     let permits = Arc::new(Semaphore::new(args.concurrency));
     // The collector drains faster than sends complete; the channel bound only matters if it is
     // descheduled, and then completing transactions wait for it instead of queueing unbounded.
@@ -624,6 +677,7 @@ async fn run_schedule(
         last_receipt: tally.last_receipt,
         latency_us: tally.latency_us,
         send_lag_us,
+        receipt_polls: shared_after.receipt_polls.load(Ordering::Relaxed),
     })
 }
 
@@ -684,29 +738,41 @@ async fn send_one(
 ) {
     let tx = &shared.txs[i];
     let deadline = due + shared.timeout;
-    let result = tokio::time::timeout_at(deadline.into(), async {
-        match shared.mode {
-            Mode::Sync => send_sync(&shared.client, tx).await,
-            Mode::Poll => send_poll(&shared.client, tx, shared.poll_interval).await,
-        }
-    })
-    .await;
+    // Not cancelled at the deadline: a transaction sent late (the concurrency bound was full)
+    // still goes out, so its sender's later nonces are not stranded behind a gap the generator
+    // made. Each request is bounded by the client's timeout; the deadline decides the outcome.
+    let result = match shared.mode {
+        Mode::Sync => send_sync(&shared.client, tx).await,
+        Mode::Poll => send_poll(&shared, tx, deadline).await,
+    };
     let at = Instant::now();
     let outcome = match result {
-        Ok(Ok(())) => Outcome::Receipt {
+        Ok(()) if at <= deadline => Outcome::Receipt {
             latency_us: micros(at.saturating_duration_since(due)),
             at,
         },
-        Ok(Err(e)) => Outcome::Failed(e),
-        Err(_) => Outcome::Failed(format!(
+        Ok(()) | Err(Failure::Timeout) => Outcome::Failed(format!(
             "transaction {}: no receipt within {:?} of its due time",
             tx.hash, shared.timeout
         )),
+        Err(Failure::Other(e)) => Outcome::Failed(e),
     };
     // Free the slot before reporting: the dispatcher may be waiting for it.
     drop(permit);
     // The collector runs until the last sender is dropped, so it is there to receive this.
     let _ = outcomes.send(outcome).await;
+}
+
+enum Failure {
+    /// No receipt by the deadline.
+    Timeout,
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
 }
 
 fn check_receipt(tx: &SignedTx, receipt: &Receipt) -> Result<(), String> {
@@ -725,21 +791,25 @@ fn check_receipt(tx: &SignedTx, receipt: &Receipt) -> Result<(), String> {
     Ok(())
 }
 
-async fn send_sync(client: &HttpClient, tx: &SignedTx) -> Result<(), String> {
+async fn send_sync(client: &HttpClient, tx: &SignedTx) -> Result<(), Failure> {
     let receipt: Receipt = client
         .request(
             "eth_sendRawTransactionSync",
             rpc_params![tx.raw_hex.as_str()],
         )
         .await
-        .map_err(|e| format!("eth_sendRawTransactionSync: {e}"))?;
-    check_receipt(tx, &receipt)
+        .map_err(|e| match e {
+            ClientError::RequestTimeout => Failure::Timeout,
+            e => Failure::Other(format!("eth_sendRawTransactionSync: {e}")),
+        })?;
+    Ok(check_receipt(tx, &receipt)?)
 }
 
 /// Sends, then asks for the receipt at once (a node that includes transactions as they arrive
-/// may have it already) and every `interval` after that. The interval bounds how late a receipt
-/// is noticed, and so is added to the measured latency at worst once.
-async fn send_poll(client: &HttpClient, tx: &SignedTx, interval: Duration) -> Result<(), String> {
+/// may have it already) and every `interval` after that until `deadline`. The interval bounds
+/// how late a receipt is noticed, and so is added to the measured latency at worst once.
+async fn send_poll(shared: &Shared, tx: &SignedTx, deadline: Instant) -> Result<(), Failure> {
+    let client = &shared.client;
     let hash: B256 = client
         .request("eth_sendRawTransaction", rpc_params![tx.raw_hex.as_str()])
         .await
@@ -748,17 +818,22 @@ async fn send_poll(client: &HttpClient, tx: &SignedTx, interval: Duration) -> Re
         return Err(format!(
             "eth_sendRawTransaction returned {hash} for transaction {}",
             tx.hash
-        ));
+        )
+        .into());
     }
     loop {
+        shared.receipt_polls.fetch_add(1, Ordering::Relaxed);
         let receipt: Option<Receipt> = client
             .request("eth_getTransactionReceipt", rpc_params![tx.hash])
             .await
             .map_err(|e| format!("eth_getTransactionReceipt: {e}"))?;
         if let Some(receipt) = receipt {
-            return check_receipt(tx, &receipt);
+            return Ok(check_receipt(tx, &receipt)?);
         }
-        tokio::time::sleep(interval).await;
+        if Instant::now() >= deadline {
+            return Err(Failure::Timeout);
+        }
+        tokio::time::sleep(shared.poll_interval).await;
     }
 }
 
@@ -803,8 +878,6 @@ fn round1(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use alloy_primitives::Address;
-
     use super::*;
 
     #[test]

@@ -490,7 +490,7 @@ impl Backend for NodeBackend {
                         continue;
                     }
                     if out.len() >= limit {
-                        return Err(BackendError::InvalidParams(format!(
+                        return Err(BackendError::LimitExceeded(format!(
                             "query returned more than {limit} results; narrow the block range"
                         )));
                     }

@@ -33,6 +33,9 @@ use super::{
     chain::{Chain, Recovered, Submission, next_block_context, now_us},
 };
 
+/// Room kept in the mini-block log for the open block's seal record.
+const SEAL_RESERVE_BYTES: usize = 256;
+
 /// How long the loop waits for work before checking for shutdown and idle blocks.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
@@ -188,25 +191,52 @@ impl Sequencer {
                 self.seal(true)?;
                 continue;
             }
+            // A mini-block is bounded in transactions and in bytes; what does not fit waits at
+            // the front of the ready queue for the next one.
+            let max_bytes = self.minilog.max_mini_block_bytes();
+            let mut bytes = MiniLog::mini_block_record_bytes([]);
+            let mut take =
+                |batch: &mut Vec<Submission>, s: Submission, ready: &mut VecDeque<Submission>| {
+                    let size = MiniLog::mini_block_record_bytes([s.tx.raw.len()])
+                        - MiniLog::mini_block_record_bytes([]);
+                    if !batch.is_empty() && bytes + size > max_bytes {
+                        ready.push_front(s);
+                        return false;
+                    }
+                    bytes += size;
+                    batch.push(s);
+                    true
+                };
             while batch.len() < max_txs {
                 match self.ready.pop_front() {
-                    Some(s) => batch.push(s),
+                    Some(s) => {
+                        if !take(&mut batch, s, &mut self.ready) {
+                            break;
+                        }
+                    }
                     None => break,
                 }
             }
             if batch.is_empty() {
                 match self.ingress.recv_timeout((deadline - now).min(MAX_WAIT)) {
-                    Ok(s) => batch.push(s),
+                    Ok(s) => {
+                        take(&mut batch, s, &mut self.ready);
+                    }
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
-            while batch.len() < max_txs {
+            while batch.len() < max_txs && self.ready.is_empty() {
                 match self.ingress.try_recv() {
-                    Ok(s) => batch.push(s),
+                    Ok(s) => {
+                        if !take(&mut batch, s, &mut self.ready) {
+                            break;
+                        }
+                    }
                     Err(_) => break,
                 }
             }
+            self.make_log_room(&batch)?;
             if self.open.is_none() {
                 let state = self.chain.state.read();
                 let at = now_us();
@@ -217,6 +247,37 @@ impl Sequencer {
             }
             self.execute(std::mem::take(&mut batch), None)?;
         }
+    }
+
+    /// Makes sure the mini-block log can take this batch's record and a seal without
+    /// overwriting anything not yet durable in RocksDB: first by syncing RocksDB, then, if the
+    /// open block's own records fill the log, by sealing the open block before executing more.
+    fn make_log_room(&mut self, batch: &[Submission]) -> Result<(), NodeError> {
+        let needed = MiniLog::mini_block_record_bytes(batch.iter().map(|s| s.tx.raw.len()))
+            + SEAL_RESERVE_BYTES;
+        if self.minilog.has_room(needed, self.durable_mini) {
+            return Ok(());
+        }
+        self.sync_store()?;
+        if self.minilog.has_room(needed, self.durable_mini) {
+            return Ok(());
+        }
+        if self.open.is_some() {
+            self.seal(true)?;
+            self.sync_store()?;
+            if self.minilog.has_room(needed, self.durable_mini) {
+                return Ok(());
+            }
+        }
+        Err(NodeError::Config(format!(
+            "the mini-block log is too small for a mini-block of {needed} bytes; raise storage.minilog_size_bytes"
+        )))
+    }
+
+    fn sync_store(&mut self) -> Result<(), NodeError> {
+        self.chain.store.sync()?;
+        self.durable_mini = self.chain.state.read().head.last_mini_block;
+        Ok(())
     }
 
     fn open_block(&mut self, ctx: BlockContext, at_us: u64) {

@@ -213,6 +213,12 @@ impl MiniLog {
         &self.path
     }
 
+    /// Bound on one mini-block's record: a quarter of the log, at most 4 MiB, so that the log
+    /// always holds several mini-blocks and a flood of large transactions is split, not refused.
+    pub fn max_mini_block_bytes(&self) -> usize {
+        (((self.size - HEADER_LEN) / 4) as usize).min(4 << 20)
+    }
+
     /// Reads every intact record. Records carry increasing mini-block numbers within a lap; the
     /// newest lap starts at the header, so the scan stops at the first record that is torn,
     /// blank, or older than its predecessor (left over from the previous lap).
@@ -257,6 +263,29 @@ impl MiniLog {
         }
         self.position = position;
         Ok(out)
+    }
+
+    /// Whether a record of up to `payload_bytes` can be appended without overwriting a record
+    /// newer than `durable_mini_block`.
+    pub fn has_room(&self, payload_bytes: usize, durable_mini_block: u64) -> bool {
+        let len = (RECORD_HEADER_LEN + payload_bytes) as u64;
+        if len > self.size - HEADER_LEN {
+            return false;
+        }
+        if self.position + len <= self.size {
+            return true;
+        }
+        // A wrap overwrites the current lap from its start: all of it must be durable elsewhere.
+        self.records
+            .iter()
+            .all(|&(_, _, mini)| mini <= durable_mini_block)
+    }
+
+    /// Bytes a mini-block record with these transactions takes, as [`MiniLog::has_room`] counts.
+    pub fn mini_block_record_bytes(raw_lengths: impl IntoIterator<Item = usize>) -> usize {
+        // kind, numbers, block context, receipts root, transaction count.
+        let fixed = 1 + 8 * 6 + 20 + 32 + 32 + 4;
+        fixed + raw_lengths.into_iter().map(|len| 24 + len).sum::<usize>()
     }
 
     /// Appends a record and (in `SyncMode::Always`) makes it durable before returning.

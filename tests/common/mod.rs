@@ -59,18 +59,39 @@ impl Devnet {
     }
 
     pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rtchain"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rtchain"));
+        command
             .arg("devnet")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--rpc-addr")
             .arg(format!("127.0.0.1:{port}"))
-            .args(extra)
+            .args(extra);
+        Self::spawn(command, data_dir, port)
+    }
+
+    /// Starts (or restarts) `rtchain node --config` on `data_dir` with the dev genesis, RPC on
+    /// `port`, and `sections` (TOML, e.g. "[storage]\nminilog_size_bytes = 1048576")
+    /// for what devnet has no flag for. The config is written next to `data_dir`.
+    pub fn start_node_config(data_dir: &Path, port: u16, sections: &str) -> Self {
+        let config = format!(
+            "data_dir = {:?}\n\n[rpc]\naddr = \"127.0.0.1:{port}\"\n\n{sections}\n",
+            data_dir.display().to_string()
+        );
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config).expect("write the node config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rtchain"));
+        command.arg("node").arg("--config").arg(&path);
+        Self::spawn(command, data_dir, port)
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, port: u16) -> Self {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn rtchain devnet");
+            .expect("spawn rtchain");
         // The node prints its RPC URL once it serves.
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -90,11 +111,11 @@ impl Devnet {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("rtchain devnet exited during start-up: {status}");
+                panic!("rtchain exited during start-up: {status}");
             }
             assert!(
                 Instant::now() < deadline,
-                "rtchain devnet did not start within 60 s"
+                "rtchain did not start within 60 s"
             );
         }
         Self {
