@@ -16,7 +16,8 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use common::{
-    CHAIN_ID, Devnet, GWEI, Rpc, RpcFailure, dev_signer, eip1559, raw_rpc, sign, wait_for,
+    CHAIN_ID, Devnet, GWEI, Rpc, RpcFailure, dev_signer, eip1559, raw_rpc, reqwest_lite, sign,
+    wait_for,
 };
 use serde_json::{Value, json};
 
@@ -30,7 +31,7 @@ const SECP256K1_N: U256 = U256::from_be_slice(&[
 /// rtchain's defaults (src/config.rs, exec/src/config.rs, rpc/src/lib.rs).
 const BLOCK_GAS_LIMIT: u64 = 300_000_000;
 const MAX_TX_BYTES: usize = 128 * 1024;
-const MAX_REQUEST_BODY_BYTES: usize = 10 << 20;
+const MAX_REQUEST_BODY_BYTES: usize = 5 << 20;
 const MAX_BATCH_LEN: usize = 100;
 const MAX_QUEUED_PER_SENDER: u64 = 64;
 
@@ -119,9 +120,21 @@ async fn malformed_requests_get_json_rpc_errors() {
     checks.error("truncated JSON", &answer, -32700, "Parse error");
     checks.serving(&rpc, "truncated JSON").await;
 
-    let answer = raw_rpc(&url, "this is not JSON").await;
+    let (status, text) = reqwest_lite::Client::new()
+        .post_raw(&url, "this is not JSON")
+        .await;
+    let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     checks.error("not JSON", &answer, -32700, "Parse error");
+    if status != 400 {
+        checks
+            .failures
+            .push(format!("not JSON: HTTP {status}, expected 400"));
+    }
     checks.serving(&rpc, "not JSON").await;
+
+    let answer = raw_rpc(&url, r#"{"jsonrpc":"2.0","id":1}"#).await;
+    checks.error("JSON without a method", &answer, -32600, "Invalid request");
+    checks.serving(&rpc, "JSON without a method").await;
 
     let answer = raw_rpc(&url, &request("eth_fillTransaction", json!([{}]))).await;
     checks.error(
@@ -148,6 +161,12 @@ async fn malformed_requests_get_json_rpc_errors() {
         -32007,
         "Request is too big",
     );
+    let limit = format!("Exceeded max limit of {MAX_REQUEST_BODY_BYTES}");
+    if answer["error"]["data"] != Value::String(limit.clone()) {
+        checks.failures.push(format!(
+            "request body over the limit: data should be {limit:?}: {answer}"
+        ));
+    }
     checks.serving(&rpc, "oversized request body").await;
 
     let batch = |n: usize| {

@@ -962,3 +962,98 @@ async fn check_chain(rpc: &Rpc, from: u64, seen: &BTreeMap<u64, B256>) -> Vec<St
     }
     failures
 }
+
+/// A mini-block as `miniBlocks` subscribers see it.
+#[derive(Debug)]
+struct MiniBlockSeen {
+    number: u64,
+    hash: B256,
+    parent_hash: B256,
+}
+
+/// The mini-block chain continues across a kill -9 and restart: the first mini-block after the
+/// restart names the last one announced before it as its parent (the replayed mini-block keeps
+/// the hash it was announced with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mini_block_chain_continues_across_a_restart() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let data_dir = temp.path().join("data");
+    let signer = dev_signer(0);
+    let to = TxKind::Call(dev_signer(5).address());
+    let mut node = Devnet::start_in(&data_dir, &[]);
+    // A first mini-block in a sealed block, so that the one announced before the kill is not the
+    // first of the chain (whose parent is zero anyway).
+    let first = mini_block_carrying(&node, &signer, 0, to).await;
+    wait_for(
+        "a block sealed after the first mini-block",
+        RECEIPT_TIMEOUT,
+        || async {
+            let head = Rpc::new(&node.url()).block_number().await.ok()?;
+            (head >= 1).then_some(())
+        },
+    )
+    .await;
+    let before = mini_block_carrying(&node, &signer, 1, to).await;
+    assert_eq!(
+        before.parent_hash, first.hash,
+        "mini-block parent links while running"
+    );
+    node.kill9();
+    let node = Devnet::start_in(&data_dir, &[]);
+    let after = mini_block_carrying(&node, &signer, 2, to).await;
+    assert_eq!(
+        after.number,
+        before.number + 1,
+        "mini-block numbers across the restart: {before:?}, {after:?}"
+    );
+    assert_eq!(
+        after.parent_hash, before.hash,
+        "the first mini-block after the restart does not name the last one announced before it: {before:?}, {after:?}"
+    );
+}
+
+/// Sends a transfer with `nonce` and returns the `miniBlocks` notification that carries it.
+async fn mini_block_carrying(
+    node: &Devnet,
+    signer: &PrivateKeySigner,
+    nonce: u64,
+    to: TxKind,
+) -> MiniBlockSeen {
+    use alloy::providers::{Provider, ProviderBuilder, WsConnect};
+    let provider = ProviderBuilder::new()
+        .connect_ws(WsConnect::new(node.ws_url()))
+        .await
+        .expect("WebSocket");
+    let mut subscription = provider
+        .subscribe::<_, serde_json::Value>(("miniBlocks",))
+        .await
+        .expect("subscribe to miniBlocks");
+    let tx = sign(
+        signer,
+        eip1559(nonce, to, U256::from(1), Bytes::new(), GAS_ETH_TRANSFER),
+    );
+    let receipt = Rpc::new(&node.url())
+        .send_raw_sync(&tx)
+        .await
+        .expect("a transfer");
+    assert!(receipt.succeeded());
+    let deadline = Instant::now() + RECEIPT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let note = tokio::time::timeout(left, subscription.recv())
+            .await
+            .expect("no miniBlocks notification for the transfer within 10 s")
+            .expect("miniBlocks subscription");
+        let carries = note["transactions"]
+            .as_array()
+            .is_some_and(|txs| txs.iter().any(|h| h.as_str() == Some(&tx.hash.to_string())));
+        if carries {
+            return MiniBlockSeen {
+                number: quantity_u64(&note["number"]),
+                hash: serde_json::from_value(note["hash"].clone()).expect("hash"),
+                parent_hash: serde_json::from_value(note["parentHash"].clone())
+                    .expect("parentHash"),
+            };
+        }
+    }
+}

@@ -18,6 +18,7 @@
 //! 4. **Notarization.** q notarize votes for one block form a notarization: the node
 //!    broadcasts the certificate (if it assembled it), enters v+1, and, if it did not nullify
 //!    v and its execution agreed, signs and broadcasts `finalize` for the block.
+//!    (Not if we notarized a different block of v: its leader equivocated; we stay out.)
 //! 5. **Finalization.** q finalize votes finalize the block and, by the hash chain, all its
 //!    ancestors; blocks are delivered in height order ([`Effect::Deliver`]). Finalize votes
 //!    count whenever they arrive, even after the network moved on to later views.
@@ -370,10 +371,8 @@ impl Engine {
         for record in &replay.records {
             match record {
                 Record::Vote(vote) => {
-                    if let Some(prev) = replayed
-                        .iter()
-                        .find(|p| vote.forbidden_after(p) || p.forbidden_after(vote))
-                    {
+                    // In log order: notarize then nullify is legal, the reverse is not.
+                    if let Some(prev) = replayed.iter().find(|p| vote.forbidden_after(p)) {
                         return Err(StartError::ConflictingReplay(*prev, *vote));
                     }
                     replayed.push(*vote);
@@ -501,6 +500,13 @@ impl Engine {
             round.is_none_or(|r| r.my_votes().all(|mine| !vote.forbidden_after(&mine.vote)))
         };
         if !allowed {
+            eprintln!(
+                "REFUSED {vote:?} floor {} mine {:?}",
+                self.sign_floor,
+                self.rounds
+                    .get(&v)
+                    .map(|r| r.my_votes().map(|m| m.vote).collect::<Vec<_>>())
+            );
             self.stats.refused_votes += 1;
             return None;
         }
@@ -1203,6 +1209,11 @@ impl Engine {
         let Some(Vote::Notarize(p)) = r.notarization.as_ref().map(|c| c.vote) else {
             return;
         };
+        if r.my_notarize.is_some_and(|m| m.vote != Vote::Notarize(p)) {
+            // We notarized another block of this view: the leader equivocated. Stay out of
+            // this view's finalization (the block can still be finalized by a descendant).
+            return;
+        }
         match self.blocks.get(&p.digest).map(|e| e.verify) {
             Some(Verify::Ok) => {}
             Some(Verify::NotRequested) => return self.try_verify(p.digest),

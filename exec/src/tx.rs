@@ -4,7 +4,7 @@
 //! libraries that match on them keep working.
 
 use alloy_consensus::{Transaction as _, TxEnvelope};
-use alloy_eips::eip2718::{Decodable2718, Eip2718Error};
+use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, B256, Bytes, Signature, U256, keccak256};
 use revm::{
     context::TxEnv,
@@ -105,11 +105,20 @@ pub fn decode_and_recover(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx
             limit: config.max_tx_size_bytes,
         });
     }
+    // The first byte says what follows (EIP-2718): a type byte below 0x7f, or an RLP list
+    // (0xc0 and up) for a legacy transaction. Anything else is malformed before decoding starts.
+    match raw.first() {
+        None => return Err(TxError::Decode("empty transaction".into())),
+        Some(0x01..=0x04) | Some(0xc0..=0xff) => {}
+        Some(0x00..=0x7f) => return Err(TxError::UnsupportedType),
+        Some(byte) => {
+            return Err(TxError::Decode(format!(
+                "invalid first byte 0x{byte:02x}: neither a transaction type nor an RLP list"
+            )));
+        }
+    }
     let mut buf = raw;
-    let envelope = TxEnvelope::decode_2718(&mut buf).map_err(|e| match e {
-        Eip2718Error::UnexpectedType(_) => TxError::UnsupportedType,
-        e => TxError::Decode(e.to_string()),
-    })?;
+    let envelope = TxEnvelope::decode_2718(&mut buf).map_err(|e| TxError::Decode(e.to_string()))?;
     if !buf.is_empty() {
         return Err(TxError::Decode(format!(
             "{} trailing bytes after the transaction",

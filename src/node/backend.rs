@@ -64,7 +64,8 @@ impl NodeBackend {
     /// Stateless checks and sender recovery, then the checks against the newest state that
     /// geth's pool makes, so that `eth_sendRawTransaction` reports them at once. The sequencer
     /// checks again when it executes.
-    fn admit(&self, raw: &[u8]) -> Result<rtchain_exec::RecoveredTx, BackendError> {
+    /// Returns the transaction and its sender's nonce in the newest state.
+    fn admit(&self, raw: &[u8]) -> Result<(rtchain_exec::RecoveredTx, u64), BackendError> {
         let tx = decode_and_recover(raw, &self.chain.exec)
             .map_err(|e| BackendError::InvalidTransaction(e.to_string()))?;
         let state = self.chain.latest_state();
@@ -108,7 +109,7 @@ impl NodeBackend {
         {
             return Err(BackendError::AlreadyKnown);
         }
-        Ok(tx)
+        Ok((tx, account.nonce))
     }
 
     fn block_context(&self, overrides: Option<&BlockOverrides>) -> BlockContext {
@@ -525,21 +526,8 @@ impl Backend for NodeBackend {
     }
 
     fn pending_nonce(&self, address: Address) -> Result<u64, BackendError> {
-        let mut nonce = self.nonce(address, StateAt::Latest)?;
-        // Count this sender's accepted transactions that have not executed yet.
-        let pool = self.chain.pool.read();
-        let mut waiting: Vec<u64> = pool
-            .values()
-            .filter(|t| t.sender == address)
-            .map(|t| t.envelope.nonce())
-            .collect();
-        waiting.sort_unstable();
-        for n in waiting {
-            if n == nonce {
-                nonce += 1;
-            }
-        }
-        Ok(nonce)
+        let nonce = self.nonce(address, StateAt::Latest)?;
+        Ok(self.chain.pool.read().next_nonce(address, nonce))
     }
 
     fn code(&self, address: Address, at: StateAt) -> Result<Bytes, BackendError> {
@@ -619,9 +607,10 @@ impl Backend for NodeBackend {
     }
 
     fn send_raw_transaction(&self, raw: Bytes) -> Result<B256, BackendError> {
-        let tx = self.admit(&raw)?;
+        let (tx, state_nonce) = self.admit(&raw)?;
         let hash = tx.hash;
-        self.chain.submit(Submission { tx, reply: None })?;
+        self.chain
+            .submit(Submission { tx, reply: None }, state_nonce)?;
         Ok(hash)
     }
 
@@ -629,13 +618,16 @@ impl Backend for NodeBackend {
         &self,
         raw: Bytes,
     ) -> Result<(B256, oneshot::Receiver<Result<ReceiptView, BackendError>>), BackendError> {
-        let tx = self.admit(&raw)?;
+        let (tx, state_nonce) = self.admit(&raw)?;
         let hash = tx.hash;
         let (reply, receiver) = oneshot::channel();
-        self.chain.submit(Submission {
-            tx,
-            reply: Some(reply),
-        })?;
+        self.chain.submit(
+            Submission {
+                tx,
+                reply: Some(reply),
+            },
+            state_nonce,
+        )?;
         Ok((hash, receiver))
     }
 
@@ -706,7 +698,7 @@ impl Backend for NodeBackend {
     }
 
     fn receipt_pending(&self, hash: B256) -> bool {
-        self.chain.pool.read().contains_key(&hash)
+        self.chain.pool.read().contains(&hash)
             || self.chain.state.read().preconfirmed.contains_key(&hash)
     }
 

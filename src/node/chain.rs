@@ -2,7 +2,7 @@
 //! preconfirmed receipts, the pool index, and the event feeds.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,7 +11,7 @@ use std::{
 };
 
 use alloy_consensus::Header;
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 use parking_lot::RwLock;
 use rtchain_exec::{
     BlockContext, ExecConfig, RecoveredTx, SealedBlock, TxLocation, TxReceipt,
@@ -63,9 +63,73 @@ pub struct Chain {
     pub sealed: watch::Sender<u64>,
     pub recent: RwLock<VecDeque<Arc<SealedBlock>>>,
     /// Transactions accepted but not executed yet (in the channel or waiting for a nonce gap).
-    pub pool: RwLock<HashMap<B256, RecoveredTx>>,
+    pub pool: RwLock<Pool>,
     ingress: SyncSender<Submission>,
     shutdown: AtomicBool,
+}
+
+/// Transactions accepted but not executed yet: in the ingress queue, or waiting for a nonce gap.
+#[derive(Default)]
+pub struct Pool {
+    by_hash: HashMap<B256, RecoveredTx>,
+    by_sender: HashMap<Address, BTreeMap<u64, B256>>,
+}
+
+impl Pool {
+    pub fn get(&self, hash: &B256) -> Option<&RecoveredTx> {
+        self.by_hash.get(hash)
+    }
+
+    pub fn contains(&self, hash: &B256) -> bool {
+        self.by_hash.contains_key(hash)
+    }
+
+    pub fn insert(&mut self, tx: RecoveredTx) {
+        let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
+        self.by_sender
+            .entry(tx.sender)
+            .or_default()
+            .insert(nonce, tx.hash);
+        self.by_hash.insert(tx.hash, tx);
+    }
+
+    pub fn remove(&mut self, hash: &B256) -> Option<RecoveredTx> {
+        let tx = self.by_hash.remove(hash)?;
+        let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
+        if let Some(nonces) = self.by_sender.get_mut(&tx.sender) {
+            // A replacement may have taken this nonce's slot: remove only our own entry.
+            if nonces.get(&nonce) == Some(hash) {
+                nonces.remove(&nonce);
+            }
+            if nonces.is_empty() {
+                self.by_sender.remove(&tx.sender);
+            }
+        }
+        Some(tx)
+    }
+
+    /// The sender's next nonce counting its waiting transactions that follow `state_nonce`
+    /// without a gap (the `pending` nonce).
+    pub fn next_nonce(&self, sender: Address, state_nonce: u64) -> u64 {
+        let mut next = state_nonce;
+        if let Some(nonces) = self.by_sender.get(&sender) {
+            for nonce in nonces.range(state_nonce..).map(|(n, _)| *n) {
+                if nonce != next {
+                    break;
+                }
+                next += 1;
+            }
+        }
+        next
+    }
+
+    /// How many of the sender's transactions wait behind a nonce gap.
+    pub fn gapped(&self, sender: Address, state_nonce: u64) -> usize {
+        let next = self.next_nonce(sender, state_nonce);
+        self.by_sender
+            .get(&sender)
+            .map_or(0, |nonces| nonces.range(next..).count())
+    }
 }
 
 /// What the sequencer starts from.
@@ -77,18 +141,29 @@ pub struct Recovered {
 }
 
 impl Chain {
-    pub fn submit(&self, submission: Submission) -> Result<(), BackendError> {
+    /// Hands a checked transaction to the sequencer. `state_nonce` is the sender's nonce in the
+    /// newest state: a transaction beyond the sender's next nonce waits for the gap to fill, and
+    /// at most `max_queued_per_sender` of those may wait.
+    pub fn submit(&self, submission: Submission, state_nonce: u64) -> Result<(), BackendError> {
         if self.is_shut_down() {
             return Err(BackendError::Unavailable("node is shutting down".into()));
         }
         let hash = submission.tx.hash;
-        let tx = submission.tx.clone();
         {
             let mut pool = self.pool.write();
-            if pool.contains_key(&hash) {
+            if pool.contains(&hash) {
                 return Err(BackendError::AlreadyKnown);
             }
-            pool.insert(hash, tx);
+            let sender = submission.tx.sender;
+            let nonce = alloy_consensus::Transaction::nonce(&submission.tx.envelope);
+            let next = pool.next_nonce(sender, state_nonce);
+            let limit = self.sequencer.max_queued_per_sender;
+            if nonce > next && pool.gapped(sender, state_nonce) >= limit {
+                return Err(BackendError::PoolFull(format!(
+                    "txpool is full: sender {sender} has {limit} queued transactions waiting for nonce {next} (the per-sender limit)"
+                )));
+            }
+            pool.insert(submission.tx.clone());
         }
         match self.ingress.try_send(submission) {
             Ok(()) => Ok(()),
@@ -223,7 +298,7 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
         events,
         sealed,
         recent: RwLock::new(VecDeque::with_capacity(RECENT_BLOCKS)),
-        pool: RwLock::new(HashMap::new()),
+        pool: RwLock::new(Pool::default()),
         ingress,
         shutdown: AtomicBool::new(false),
     };

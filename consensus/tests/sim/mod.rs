@@ -915,6 +915,12 @@ impl World {
             Msg::Propose(pp) => Vote::Notarize(pp.block.proposal()),
             _ => return,
         };
+        if self.trace {
+            println!(
+                "[{:>10.3}ms] p{p} sends {vote:?}",
+                self.now as f64 / MS as f64
+            );
+        }
         let s = self.signed.entry((key, vote.view())).or_default();
         let earlier: Vec<Vote> = [
             s.notarize.map(Vote::Notarize),
@@ -924,6 +930,9 @@ impl World {
         .into_iter()
         .flatten()
         .collect();
+        if earlier.contains(&vote) {
+            return; // the same vote again (a retry): not a new signature
+        }
         match vote {
             Vote::Notarize(q) => s.notarize = s.notarize.or(Some(q)),
             Vote::Nullify(_) => s.nullify = true,
