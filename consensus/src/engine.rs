@@ -177,6 +177,13 @@ pub enum Effect {
     },
     /// Execute this block on its parent's state and answer [`Event::Verified`]. Its parent is
     /// always the last delivered block or a block already verified.
+    ///
+    /// Durability contract: before answering `ok: true` the application must have stored the
+    /// block durably (its mini-block log), and after a restart it hands back every stored block
+    /// above its last committed one through [`Engine::restore_block`]. We vote for a block only
+    /// after `ok`, so every notarized block stays available from the honest nodes that voted
+    /// for it even if they all crash (a notarized block that nobody holds would block the chain
+    /// forever: later proposals must extend it).
     Verify(Block),
     /// We lead `view`: build a payload on `parent` and answer [`Event::ProposalReady`].
     Propose {
@@ -236,9 +243,9 @@ pub enum StartError {
     #[error("signing key is not in the validator set")]
     NotAValidator,
     #[error(
-        "vote log holds conflicting votes {0:?} and {1:?}: the log is corrupt or was shared between two nodes; refusing to sign anything"
+        "vote log holds conflicting votes {0:?}: the log is corrupt or was shared between two nodes; refusing to sign anything"
     )]
-    ConflictingReplay(Vote, Vote),
+    ConflictingReplay(Box<(Vote, Vote)>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,7 +380,7 @@ impl Engine {
                 Record::Vote(vote) => {
                     // In log order: notarize then nullify is legal, the reverse is not.
                     if let Some(prev) = replayed.iter().find(|p| vote.forbidden_after(p)) {
-                        return Err(StartError::ConflictingReplay(*prev, *vote));
+                        return Err(StartError::ConflictingReplay(Box::new((*prev, *vote))));
                     }
                     replayed.push(*vote);
                     let signed = SignedVote {
@@ -411,9 +418,26 @@ impl Engine {
         Ok(e)
     }
 
+    /// Before [`Engine::start`]: a block the application kept durably (see [`Effect::Verify`]).
+    /// It is executed again in chain order (a `Verify`), then voted on, delivered or served to
+    /// peers like any other. Blocks at or below the anchor are ignored.
+    pub fn restore_block(&mut self, block: Block) {
+        if block.height() <= self.delivered.height || block.view() < self.finalized.view {
+            return;
+        }
+        self.blocks.entry(block.digest()).or_insert(Entry {
+            block,
+            verify: Verify::NotRequested,
+        });
+    }
+
     /// Effects to perform once at start: the view timer, re-sending the votes of the current
-    /// view, and (if we lead it) the proposal request.
+    /// view, re-executing restored blocks, and (if we lead it) the proposal request.
     pub fn start(&mut self, out: &mut Vec<Effect>) {
+        let restored: Vec<Digest> = self.blocks.keys().copied().collect();
+        for d in restored {
+            self.try_verify(d);
+        }
         let v = self.view;
         let votes: Vec<SignedVote> = self
             .rounds
@@ -500,12 +524,10 @@ impl Engine {
             round.is_none_or(|r| r.my_votes().all(|mine| !vote.forbidden_after(&mine.vote)))
         };
         if !allowed {
-            eprintln!(
-                "REFUSED {vote:?} floor {} mine {:?}",
-                self.sign_floor,
-                self.rounds
-                    .get(&v)
-                    .map(|r| r.my_votes().map(|m| m.vote).collect::<Vec<_>>())
+            tracing::error!(
+                ?vote,
+                floor = self.sign_floor,
+                "signing rules refused a vote: a logic error, nothing was signed"
             );
             self.stats.refused_votes += 1;
             return None;
@@ -586,6 +608,13 @@ impl Engine {
             signer: leader,
             signature: p.signature,
         };
+        if self
+            .rounds
+            .get(&v)
+            .is_some_and(|r| r.proposal == Some(b.digest()))
+        {
+            return; // a duplicate of the proposal we hold: nothing to verify again
+        }
         if !self.cfg.validators.verify(&vote) {
             self.stats.invalid_signature += 1;
             return;
@@ -951,7 +980,13 @@ impl Engine {
         let Some((asked, parent)) = self.proposing else {
             return;
         };
-        if asked != view || view != self.view || payload.len() > PAYLOAD_BYTES_MAX {
+        // Stale (we left the view) or overtaken (the view timed out and we nullified it while
+        // the application was building): drop the payload.
+        if asked != view
+            || view != self.view
+            || !self.may_notarize(view)
+            || payload.len() > PAYLOAD_BYTES_MAX
+        {
             return;
         }
         let block = Block::new(
@@ -1240,6 +1275,11 @@ impl Engine {
                 p.verify == Verify::Ok && p.block.height() > self.delivered.height
             });
         if !parent_ok {
+            // A missing ancestor (we were down or its proposal was lost): fetch it. Its own
+            // parent is fetched in turn once it arrives, down to what we delivered.
+            if !self.blocks.contains_key(&parent) && e.block.height() > self.delivered.height + 1 {
+                self.request(parent);
+            }
             return;
         }
         let block = e.block.clone();
@@ -1371,4 +1411,169 @@ fn collect(
         .map(|(i, (_, s))| (*i, *s))
         .collect();
     (sigs.len() >= quorum).then_some(sigs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::signing_key_from_seed;
+
+    fn setup() -> (Vec<SigningKey>, Config) {
+        let keys: Vec<SigningKey> = (0..4)
+            .map(|i| signing_key_from_seed([i as u8 + 1; 32]))
+            .collect();
+        let validators =
+            Validators::new(keys.iter().map(|k| k.verifying_key()).collect(), b"t").unwrap();
+        (keys, Config::new(validators, B256::repeat_byte(0xee)))
+    }
+
+    /// Validator 1 leads view 1 (round-robin); build its proposal on genesis.
+    fn proposal(keys: &[SigningKey], cfg: &Config) -> Proposed {
+        let block = Block::new(1, 0, 1, cfg.genesis, B256::repeat_byte(1), b"txs".to_vec());
+        let signature = cfg
+            .validators
+            .sign(&keys[1], &Vote::Notarize(block.proposal()));
+        Proposed {
+            block,
+            signature,
+            parent: None,
+            nullifications: vec![],
+        }
+    }
+
+    fn run(e: &mut Engine, ev: Event) -> Vec<Effect> {
+        let mut out = Vec::new();
+        e.handle(ev, &mut out);
+        out
+    }
+
+    #[test]
+    fn notarizes_after_verification_and_persists_before_sending() {
+        let (keys, cfg) = setup();
+        let p = proposal(&keys, &cfg);
+        let digest = p.block.digest();
+        let mut e = Engine::new(
+            cfg.clone(),
+            keys[2].clone(),
+            Replay::default(),
+            Anchor::genesis(cfg.genesis),
+        )
+        .unwrap();
+        e.start(&mut Vec::new());
+        let out = run(&mut e, Event::Message(1, Msg::Propose(Box::new(p))));
+        assert!(matches!(out.as_slice(), [Effect::Verify(b)] if b.digest() == digest));
+        let out = run(&mut e, Event::Verified { digest, ok: true });
+        let first_send = out
+            .iter()
+            .position(|x| matches!(x, Effect::Send(..)))
+            .unwrap();
+        let last_persist = out
+            .iter()
+            .rposition(|x| matches!(x, Effect::Persist(_)))
+            .unwrap();
+        assert!(last_persist < first_send);
+        assert!(
+            matches!(&out[0], Effect::Persist(Record::Vote(Vote::Notarize(q))) if q.digest == digest)
+        );
+        assert!(out.iter().any(|x| matches!(x, Effect::Send(Target::All, Msg::Vote(sv)) if sv.vote == Vote::Notarize(proposal(&keys, &cfg).block.proposal()))));
+    }
+
+    #[test]
+    fn replayed_nullify_forbids_notarize_after_restart() {
+        let (keys, cfg) = setup();
+        let p = proposal(&keys, &cfg);
+        let digest = p.block.digest();
+        let replay = Replay {
+            records: vec![Record::Vote(Vote::Nullify(1))],
+            floor_view: 0,
+        };
+        let mut e = Engine::new(
+            cfg.clone(),
+            keys[2].clone(),
+            replay,
+            Anchor::genesis(cfg.genesis),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        e.start(&mut out);
+        // On start it re-sends the replayed nullify (same signature: ed25519 is deterministic).
+        assert!(out.iter().any(
+            |x| matches!(x, Effect::Send(Target::All, Msg::Vote(sv)) if sv.vote == Vote::Nullify(1))
+        ));
+        run(&mut e, Event::Message(1, Msg::Propose(Box::new(p))));
+        let out = run(&mut e, Event::Verified { digest, ok: true });
+        assert!(
+            out.iter()
+                .all(|x| !matches!(x, Effect::Persist(_) | Effect::Send(_, Msg::Vote(_)))),
+            "{out:?}"
+        );
+        assert_eq!(e.stats().refused_votes, 0);
+    }
+
+    #[test]
+    fn conflicting_log_refuses_to_start() {
+        let (keys, cfg) = setup();
+        let a = Proposal {
+            view: 3,
+            parent_view: 2,
+            height: 3,
+            digest: B256::repeat_byte(1),
+        };
+        let b = Proposal {
+            digest: B256::repeat_byte(2),
+            ..a
+        };
+        let replay = Replay {
+            records: vec![
+                Record::Vote(Vote::Notarize(a)),
+                Record::Vote(Vote::Notarize(b)),
+            ],
+            floor_view: 0,
+        };
+        let r = Engine::new(
+            cfg.clone(),
+            keys[0].clone(),
+            replay,
+            Anchor::genesis(cfg.genesis),
+        );
+        assert!(matches!(r, Err(StartError::ConflictingReplay(_))));
+        // Notarize then nullify is a legal history.
+        let replay = Replay {
+            records: vec![
+                Record::Vote(Vote::Notarize(a)),
+                Record::Vote(Vote::Nullify(3)),
+            ],
+            floor_view: 0,
+        };
+        let e = Engine::new(
+            cfg.clone(),
+            keys[0].clone(),
+            replay,
+            Anchor::genesis(cfg.genesis),
+        )
+        .unwrap();
+        assert_eq!(e.view(), 3);
+    }
+
+    #[test]
+    fn wrong_commitment_is_rejected_and_nullified_at_once() {
+        let (keys, cfg) = setup();
+        let p = proposal(&keys, &cfg);
+        let digest = p.block.digest();
+        let mut e = Engine::new(
+            cfg.clone(),
+            keys[2].clone(),
+            Replay::default(),
+            Anchor::genesis(cfg.genesis),
+        )
+        .unwrap();
+        e.start(&mut Vec::new());
+        run(&mut e, Event::Message(1, Msg::Propose(Box::new(p))));
+        let out = run(&mut e, Event::Verified { digest, ok: false });
+        assert!(matches!(
+            &out[0],
+            Effect::Persist(Record::Vote(Vote::Nullify(1)))
+        ));
+        assert_eq!(e.stats().rejected_commitment, 1);
+    }
 }

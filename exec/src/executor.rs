@@ -52,7 +52,7 @@ impl BlockContext {
 }
 
 /// What happened to one transaction offered to a mini-block.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[expect(
     clippy::large_enum_variant,
     reason = "Included is the common case; boxing it would add an allocation per transaction"
@@ -67,7 +67,7 @@ pub enum TxOutcome {
 }
 
 /// Result of executing a batch of transactions.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchResult {
     pub outcomes: Vec<TxOutcome>,
     pub diff: StateDiff,
@@ -93,32 +93,20 @@ pub fn execute_batch<R: StateReader>(
         .with_block(block.block_env())
         .build_mainnet();
     let mut outcomes = Vec::with_capacity(txs.len());
-    let mut gas_used = block_gas_used;
-    let mut logs = block_logs;
+    let mut ledger = BlockLedger::new(block, block_gas_used, block_logs);
     for tx in txs {
-        if tx.envelope_gas_limit() > block.gas_limit.saturating_sub(gas_used) {
+        if !ledger.fits(&tx) {
             outcomes.push(TxOutcome::Deferred { tx });
             continue;
         }
         let env = to_tx_env(&tx.envelope, tx.sender);
         match evm.transact_commit(env) {
             Ok(result) => {
-                let tx_gas = result.tx_gas_used();
-                gas_used += tx_gas;
-                let receipt = build_receipt(
-                    &tx,
-                    result.is_success(),
-                    tx_gas,
-                    result.logs().to_vec(),
-                    gas_used,
-                    logs,
-                    block.base_fee,
-                );
-                logs += result.logs().len() as u64;
+                let receipt = ledger.include(&tx, result);
                 outcomes.push(TxOutcome::Included { tx, receipt });
             }
             Err(EVMError::Transaction(invalid)) => {
-                let error = map_invalid(&tx, invalid, block);
+                let error = ledger.reject(&tx, invalid);
                 outcomes.push(TxOutcome::Rejected { tx, error });
             }
             Err(EVMError::Database(e)) => return Err(e),
@@ -126,12 +114,74 @@ pub fn execute_batch<R: StateReader>(
         }
     }
     let diff = evm.ctx.journaled_state.database.into_diff();
-    Ok(BatchResult {
-        outcomes,
-        diff,
-        gas_used: gas_used - block_gas_used,
-        logs: logs - block_logs,
-    })
+    Ok(ledger.finish(outcomes, diff))
+}
+
+/// The block-wide counters a batch advances in transaction order: gas used (which decides
+/// what still fits) and logs emitted (which number the next receipt's logs). Shared by the
+/// sequential and the parallel executor, so both build their receipts with the same code.
+#[derive(Debug)]
+pub(crate) struct BlockLedger<'a> {
+    block: &'a BlockContext,
+    gas_used_start: u64,
+    logs_start: u64,
+    gas_used: u64,
+    logs: u64,
+}
+
+impl<'a> BlockLedger<'a> {
+    pub(crate) fn new(block: &'a BlockContext, gas_used: u64, logs: u64) -> Self {
+        Self {
+            block,
+            gas_used_start: gas_used,
+            logs_start: logs,
+            gas_used,
+            logs,
+        }
+    }
+
+    /// Whether `tx`'s gas limit fits in what the block has left; if not, it is deferred.
+    pub(crate) fn fits(&self, tx: &RecoveredTx) -> bool {
+        tx.envelope_gas_limit() <= self.block.gas_limit.saturating_sub(self.gas_used)
+    }
+
+    /// The receipt of `tx`, executed with `result` as the next transaction of the block.
+    pub(crate) fn include(&mut self, tx: &RecoveredTx, result: ExecutionResult) -> TxReceipt {
+        let tx_gas = result.tx_gas_used();
+        let success = result.is_success();
+        self.gas_used += tx_gas;
+        let logs = result.into_logs();
+        let first_log_index = self.logs;
+        self.logs += logs.len() as u64;
+        build_receipt(
+            tx,
+            success,
+            tx_gas,
+            logs,
+            self.gas_used,
+            first_log_index,
+            self.block.base_fee,
+        )
+    }
+
+    /// Why `tx` was refused, in geth's words.
+    pub(crate) fn reject(&self, tx: &RecoveredTx, invalid: InvalidTransaction) -> TxError {
+        map_invalid(tx, invalid, self.block)
+    }
+
+    /// Gas used and logs emitted by the block so far, this batch included.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        (self.gas_used, self.logs)
+    }
+
+    pub(crate) fn finish(self, outcomes: Vec<TxOutcome>, diff: StateDiff) -> BatchResult {
+        BatchResult {
+            outcomes,
+            diff,
+            gas_used: self.gas_used - self.gas_used_start,
+            logs: self.logs - self.logs_start,
+        }
+    }
 }
 
 impl RecoveredTx {

@@ -9,13 +9,17 @@
 pub mod call;
 pub mod config;
 pub mod executor;
+pub mod memory;
+pub mod parallel;
 pub mod receipt;
 pub mod state;
 pub mod tx;
 pub mod types;
 
 pub use config::ExecConfig;
-pub use executor::{BlockContext, SimulationChecks, TxOutcome};
+pub use executor::{BatchResult, BlockContext, SimulationChecks, TxOutcome};
+pub use memory::MemoryState;
+pub use parallel::{BatchStats, ParallelConfig, ParallelExecutor};
 pub use state::{AccountChange, Overlay, StateDiff, StateError, StateReader};
 pub use tx::{TxError, decode_and_recover};
 pub use types::{MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, TxLocation, TxReceipt};

@@ -156,10 +156,32 @@ impl<R: StateReader> Overlay<R> {
     }
 }
 
+impl<R> Overlay<R> {
+    /// The account as the transactions committed so far left it, or `None` when none of them
+    /// wrote it (its value is then the base's). `Some(None)`: the account no longer exists.
+    pub fn written_account(&self, address: Address) -> Option<Option<AccountInfo>> {
+        self.diff
+            .accounts
+            .get(&address)
+            .map(|change| change.info.clone())
+    }
+
+    /// The slot as the transactions committed so far left it, or `None` when its value is
+    /// still the base's. A slot of a destroyed or re-created account reads zero unless written
+    /// again since.
+    pub fn written_storage(&self, address: Address, slot: U256) -> Option<U256> {
+        let change = self.diff.accounts.get(&address)?;
+        if let Some(value) = change.storage.get(&slot) {
+            return Some(*value);
+        }
+        (change.storage_cleared || change.info.is_none()).then_some(U256::ZERO)
+    }
+}
+
 impl<R: StateReader> StateReader for Overlay<R> {
     fn account(&self, address: Address) -> Result<Option<AccountInfo>, StateError> {
-        if let Some(change) = self.diff.accounts.get(&address) {
-            return Ok(change.info.clone());
+        if let Some(written) = self.written_account(address) {
+            return Ok(written);
         }
         if let Some(cached) = self.accounts.get(&address) {
             return Ok(cached.clone());
@@ -168,13 +190,8 @@ impl<R: StateReader> StateReader for Overlay<R> {
     }
 
     fn storage(&self, address: Address, slot: U256) -> Result<U256, StateError> {
-        if let Some(change) = self.diff.accounts.get(&address) {
-            if let Some(value) = change.storage.get(&slot) {
-                return Ok(*value);
-            }
-            if change.storage_cleared || change.info.is_none() {
-                return Ok(U256::ZERO);
-            }
+        if let Some(value) = self.written_storage(address, slot) {
+            return Ok(value);
         }
         if let Some(value) = self.slots.get(&(address, slot)) {
             return Ok(*value);
@@ -198,8 +215,8 @@ impl<R: StateReader> Database for Overlay<R> {
     type Error = StateError;
 
     fn basic(&mut self, address: Address) -> Result<Option<AccountInfo>, StateError> {
-        if let Some(change) = self.diff.accounts.get(&address) {
-            return Ok(change.info.clone());
+        if let Some(written) = self.written_account(address) {
+            return Ok(written);
         }
         if let Some(cached) = self.accounts.get(&address) {
             return Ok(cached.clone());
@@ -218,13 +235,8 @@ impl<R: StateReader> Database for Overlay<R> {
     }
 
     fn storage(&mut self, address: Address, index: U256) -> Result<U256, StateError> {
-        if let Some(change) = self.diff.accounts.get(&address) {
-            if let Some(value) = change.storage.get(&index) {
-                return Ok(*value);
-            }
-            if change.storage_cleared || change.info.is_none() {
-                return Ok(U256::ZERO);
-            }
+        if let Some(value) = self.written_storage(address, index) {
+            return Ok(value);
         }
         if let Some(value) = self.slots.get(&(address, index)) {
             return Ok(*value);
@@ -247,13 +259,18 @@ impl<R: StateReader> DatabaseCommit for Overlay<R> {
     }
 }
 
+/// Whether committing a touched `account` removes it: self-destructed, or (EIP-161) touched
+/// while empty. Its storage goes with it.
+pub(crate) fn removed_on_commit(account: &Account) -> bool {
+    account.is_selfdestructed() || account.info.is_empty()
+}
+
 impl<R> Overlay<R> {
     fn commit_account(&mut self, address: Address, account: Account) {
         if !account.is_touched() {
             return;
         }
-        // EIP-161: a touched account that ends up empty is removed, like a self-destructed one.
-        if account.is_selfdestructed() || account.info.is_empty() {
+        if removed_on_commit(&account) {
             self.diff.accounts.insert(
                 address,
                 AccountChange {

@@ -11,16 +11,18 @@ use std::{
 };
 
 use alloy_consensus::Header;
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, U256};
 use parking_lot::RwLock;
 use rtchain_exec::{
-    BlockContext, ExecConfig, RecoveredTx, SealedBlock, TxLocation, TxReceipt,
+    BlockContext, ExecConfig, RecoveredTx, SealedBlock, StateError, StateReader, TxLocation,
+    TxReceipt,
     revm::primitives::hardfork::SpecId,
+    revm::{bytecode::Bytecode, state::AccountInfo},
 };
 use rtchain_rpc::backend::{BackendError, ChainEvent, ReceiptView};
 use rtchain_state::{
     Genesis, LayeredState, Layers, LogRecord, MiniLog, Store,
-    store::{BlockCommit, Head, StoreView},
+    store::{BlockCommit, Head, StoreError, StoreView},
 };
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -38,12 +40,56 @@ pub struct Submission {
     pub reply: Option<oneshot::Sender<Result<ReceiptView, BackendError>>>,
 }
 
+/// What the next EVM block needs from its parent, known as soon as the parent is closed (before
+/// its state root and hash are): this is what lets sealing run beside execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentInfo {
+    pub number: u64,
+    pub timestamp: u64,
+    pub gas_used: u64,
+    pub gas_limit: u64,
+    pub base_fee: u64,
+    /// Hash of the parent's last mini-block (carried in every block's `extraData`).
+    pub last_mini_hash: B256,
+}
+
+impl ParentInfo {
+    pub fn of(header: &Header) -> Self {
+        Self {
+            number: header.number,
+            timestamp: header.timestamp,
+            gas_used: header.gas_used,
+            gas_limit: header.gas_limit,
+            base_fee: header
+                .base_fee_per_gas
+                .unwrap_or(rtchain_state::genesis::INITIAL_BASE_FEE),
+            last_mini_hash: last_mini_hash_of(header),
+        }
+    }
+}
+
+/// The last mini-block hash a block header carries in `extraData` (zero for genesis).
+pub fn last_mini_hash_of(header: &Header) -> B256 {
+    if header.number > 0 && header.extra_data.len() == 32 {
+        B256::from_slice(&header.extra_data)
+    } else {
+        B256::ZERO
+    }
+}
+
 /// The part that changes with every mini-block and block.
 pub struct ChainState {
+    /// Newest sealed (committed) block.
     pub head: Head,
     pub head_header: Header,
-    /// Diffs of the open block's mini-blocks, oldest first.
+    /// Newest closed block: sealed, or handed to the sealer and not yet committed.
+    pub closed_head: u64,
+    /// Parent of the next block to open.
+    pub closed_parent: ParentInfo,
+    /// Diffs of the mini-blocks of every block not yet committed (closed ones being sealed and
+    /// the open one), oldest first, with the block each belongs to.
     pub layers: Arc<Layers>,
+    pub layer_blocks: Vec<u64>,
     /// The open EVM block, if any mini-block has started it.
     pub open_block: Option<BlockContext>,
     /// Executed but not yet sealed: transaction, receipt, location.
@@ -58,6 +104,9 @@ pub struct Chain {
     pub store: Store,
     pub client_version: String,
     pub state: RwLock<ChainState>,
+    /// Signalled after every seal, for readers waiting on a block being sealed (BLOCKHASH).
+    seal_lock: parking_lot::Mutex<()>,
+    seal_signal: parking_lot::Condvar,
     pub events: broadcast::Sender<ChainEvent>,
     /// Newest sealed block number, for receipt waiters.
     pub sealed: watch::Sender<u64>,
@@ -189,18 +238,64 @@ impl Chain {
 
     /// The newest state: the open block's layers over a RocksDB snapshot. Layers first, so
     /// that a concurrent seal can only make the snapshot newer than the layers, which is safe.
-    pub fn latest_state(&self) -> LayeredState<StoreView<'_>> {
+    pub fn latest_state(&self) -> LiveState<'_> {
         let layers = self.state.read().layers.clone();
-        LayeredState::new(layers, self.store.view())
+        LiveState {
+            layered: LayeredState::new(layers, self.store.view()),
+            chain: self,
+        }
+    }
+
+    /// Wakes readers waiting for a seal.
+    pub fn notify_sealed(&self) {
+        let _guard = self.seal_lock.lock();
+        self.seal_signal.notify_all();
+    }
+
+    /// Waits until block `number` is committed (or the node shuts down).
+    pub fn wait_sealed(&self, number: u64) {
+        let mut guard = self.seal_lock.lock();
+        while self.state.read().head.number < number && !self.is_shut_down() {
+            self.seal_signal
+                .wait_for(&mut guard, std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The hash of block `number`, waiting if it is closed but still being sealed, so that
+    /// BLOCKHASH gives the same answer on every run (it is rare: only the newest one or two
+    /// blocks can be in flight).
+    pub fn block_hash(&self, number: u64) -> Result<B256, StoreError> {
+        loop {
+            if let Some(block) = self
+                .recent
+                .read()
+                .iter()
+                .rev()
+                .find(|b| b.header.number == number)
+            {
+                return Ok(block.hash);
+            }
+            if let Some(header) = self.store.header(number)? {
+                return Ok(header.hash_slow());
+            }
+            let (closed, head) = {
+                let state = self.state.read();
+                (state.closed_head, state.head.number)
+            };
+            if number > closed || number <= head || self.is_shut_down() {
+                return Ok(B256::ZERO);
+            }
+            self.wait_sealed(number);
+        }
     }
 
     /// The context the next transaction would execute under (for calls): the open block's, or
     /// the one the next block would get.
     pub fn pending_block_context(&self) -> BlockContext {
         let state = self.state.read();
-        state.open_block.unwrap_or_else(|| {
-            next_block_context(&self.exec, &state.head_header, state.head.hash, now_us())
-        })
+        state
+            .open_block
+            .unwrap_or_else(|| next_block_context(&self.exec, &state.closed_parent, now_us()))
     }
 
     pub fn push_recent(&self, block: Arc<SealedBlock>) {
@@ -220,23 +315,43 @@ pub fn now_us() -> u64 {
 }
 
 /// The block after `parent`, opened at `now_us`. Everything but the timestamp follows from the
-/// parent, so replay rebuilds the same context from the logged timestamp.
-pub fn next_block_context(
-    exec: &ExecConfig,
-    parent: &Header,
-    parent_hash: B256,
-    now_us: u64,
-) -> BlockContext {
-    let parent_base_fee = parent
-        .base_fee_per_gas
-        .unwrap_or(rtchain_state::genesis::INITIAL_BASE_FEE);
+/// parent, so replay rebuilds the same context from the logged timestamp. `prevrandao` comes from
+/// the parent's last mini-block hash (known when the parent closes) rather than its block hash
+/// (known only once its state root is), so the next block can start while the parent seals.
+pub fn next_block_context(exec: &ExecConfig, parent: &ParentInfo, now_us: u64) -> BlockContext {
+    let number = parent.number + 1;
+    let mut seed = [0u8; 40];
+    seed[..32].copy_from_slice(parent.last_mini_hash.as_slice());
+    seed[32..].copy_from_slice(&number.to_be_bytes());
     BlockContext {
-        number: parent.number + 1,
+        number,
         timestamp: (now_us / 1_000_000).max(parent.timestamp),
         beneficiary: exec.coinbase,
-        base_fee: exec.next_base_fee(parent.gas_used, parent.gas_limit, parent_base_fee),
+        base_fee: exec.next_base_fee(parent.gas_used, parent.gas_limit, parent.base_fee),
         gas_limit: exec.block_gas_limit,
-        prevrandao: alloy_primitives::keccak256(parent_hash),
+        prevrandao: alloy_primitives::keccak256(seed),
+    }
+}
+
+/// The newest state for execution and RPC: layers over a RocksDB snapshot, with BLOCKHASH
+/// answered by the chain (waiting for a block that is being sealed).
+pub struct LiveState<'a> {
+    layered: LayeredState<StoreView<'a>>,
+    chain: &'a Chain,
+}
+
+impl StateReader for LiveState<'_> {
+    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StateError> {
+        self.layered.account(address)
+    }
+    fn storage(&self, address: Address, slot: U256) -> Result<U256, StateError> {
+        self.layered.storage(address, slot)
+    }
+    fn code(&self, code_hash: B256) -> Result<Option<Bytecode>, StateError> {
+        self.layered.code(code_hash)
+    }
+    fn block_hash(&self, number: u64) -> Result<B256, StateError> {
+        Ok(self.chain.block_hash(number)?)
     }
 }
 
@@ -282,12 +397,15 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
     let (sealed, _) = watch::channel(head.number);
     let state = ChainState {
         head,
+        closed_head: head.number,
+        closed_parent: ParentInfo::of(&head_header),
+        last_mini_block_hash: last_mini_hash_of(&head_header),
         head_header,
         layers: Arc::new(Layers::default()),
+        layer_blocks: Vec::new(),
         open_block: None,
         preconfirmed: HashMap::new(),
         last_mini_block: head.last_mini_block,
-        last_mini_block_hash: B256::ZERO,
     };
     let chain = Chain {
         exec,
@@ -295,6 +413,8 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
         store,
         client_version: format!("rtchain/v{}/linux-x86_64", env!("CARGO_PKG_VERSION")),
         state: RwLock::new(state),
+        seal_lock: parking_lot::Mutex::new(()),
+        seal_signal: parking_lot::Condvar::new(),
         events,
         sealed,
         recent: RwLock::new(VecDeque::with_capacity(RECENT_BLOCKS)),

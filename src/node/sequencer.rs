@@ -1,15 +1,21 @@
 //! The sequencer: one thread that cuts mini-blocks as soon as transactions wait, executes them,
-//! makes them durable in the mini-block log, answers their receipts, and seals EVM blocks.
+//! makes them durable in the mini-block log, answers their receipts, and closes EVM blocks; and
+//! the sealer beside it, which computes each closed block's state root, writes it to RocksDB and
+//! publishes it.
 //!
-//! Its loop never sleeps on a fixed period: it blocks on the ingress queue until a transaction
-//! arrives or the open block's seal is due, so a lone transaction executes as soon as it lands.
-//! Sealing (trie update, header, RocksDB batch) runs on this thread between mini-blocks: the
-//! next block's BLOCKHASH needs the parent hash, so no mini-block of block N+1 may execute before
-//! block N is sealed.
+//! The sequencer's loop never sleeps on a fixed period: it blocks on the ingress queue until a
+//! transaction arrives or the open block's seal is due, so a lone transaction executes as soon as
+//! it lands. Closing a block costs one log write; the trie and RocksDB work happens on the sealer
+//! thread, so the next block's mini-blocks execute meanwhile. Everything the next block needs
+//! from its parent is known at close (see `ParentInfo`); BLOCKHASH of a block still being sealed
+//! waits for it, so results never depend on timing.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::{Arc, mpsc::RecvTimeoutError},
+    sync::{
+        Arc,
+        mpsc::{RecvTimeoutError, SyncSender, sync_channel},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -24,13 +30,12 @@ use rtchain_exec::{
 };
 use rtchain_rpc::backend::{BackendError, ChainEvent, ReceiptView};
 use rtchain_state::{
-    LayeredState, Layers, LogRecord, MiniLog, MiniLogError, minilog::MiniBlockRecord,
-    store::BlockCommit,
+    Layers, LogRecord, MiniLog, MiniLogError, minilog::MiniBlockRecord, store::BlockCommit,
 };
 
 use super::{
     NodeError,
-    chain::{Chain, Recovered, Submission, next_block_context, now_us},
+    chain::{Chain, ParentInfo, Recovered, Submission, next_block_context, now_us},
 };
 
 /// Room kept in the mini-block log for the open block's seal record.
@@ -68,10 +73,32 @@ struct Sequencer {
     /// Newest mini-block whose block RocksDB holds durably (synced).
     durable_mini: u64,
     last_seal: Instant,
+    /// Seals inline during replay; moved to its own thread once the sequencer runs.
+    sealer: Option<Sealer>,
+    to_sealer: Option<SyncSender<ClosedBlock>>,
+    sealer_thread: Option<JoinHandle<()>>,
 }
+
+/// A block closed by the sequencer, waiting for its state root, header and commit.
+struct ClosedBlock {
+    ctx: BlockContext,
+    first_mini: u64,
+    last_mini: u64,
+    last_mini_hash: B256,
+    txs: Vec<RecoveredTx>,
+    receipts: Vec<TxReceipt>,
+    minis: Vec<u64>,
+    diff: StateDiff,
+    gas_used: u64,
+}
+
+/// Bound on closed blocks waiting for the sealer: beyond it the sequencer waits, so a slow disk
+/// slows execution instead of growing memory.
+const MAX_BLOCKS_IN_FLIGHT: usize = 8;
 
 pub fn spawn(chain: Arc<Chain>, recovered: Recovered) -> Result<JoinHandle<()>, NodeError> {
     let durable_mini = chain.state.read().head.last_mini_block;
+    let chain_for_sealer = chain.clone();
     let mut sequencer = Sequencer {
         chain,
         minilog: recovered.minilog,
@@ -82,8 +109,31 @@ pub fn spawn(chain: Arc<Chain>, recovered: Recovered) -> Result<JoinHandle<()>, 
         ready: VecDeque::new(),
         durable_mini,
         last_seal: Instant::now(),
+        sealer: Some(Sealer::new(chain_for_sealer)),
+        to_sealer: None,
+        sealer_thread: None,
     };
     sequencer.replay(recovered.replay)?;
+    let mut sealer = sequencer
+        .sealer
+        .take()
+        .expect("sealer present until started");
+    let (to_sealer, closed_blocks) = sync_channel::<ClosedBlock>(MAX_BLOCKS_IN_FLIGHT);
+    let sealer_chain = sequencer.chain.clone();
+    let sealer_thread = std::thread::Builder::new()
+        .name("sealer".into())
+        .spawn(move || {
+            for closed in closed_blocks {
+                if let Err(e) = sealer.seal(closed) {
+                    tracing::error!("sealer stopped: {e}");
+                    sealer_chain.shutdown();
+                    return;
+                }
+            }
+        })
+        .map_err(|e| NodeError::Recovery(format!("cannot start the sealer thread: {e}")))?;
+    sequencer.to_sealer = Some(to_sealer);
+    sequencer.sealer_thread = Some(sealer_thread);
     std::thread::Builder::new()
         .name("sequencer".into())
         .spawn(move || {
@@ -92,6 +142,11 @@ pub fn spawn(chain: Arc<Chain>, recovered: Recovered) -> Result<JoinHandle<()>, 
                 // kept. RPC keeps serving reads and refuses new transactions.
                 tracing::error!("sequencer stopped: {e}");
                 sequencer.chain.shutdown();
+            }
+            // Let the sealer finish what was closed, then stop it.
+            sequencer.to_sealer = None;
+            if let Some(handle) = sequencer.sealer_thread.take() {
+                let _ = handle.join();
             }
         })
         .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
@@ -141,14 +196,8 @@ impl Sequencer {
                     ..
                 } => {
                     if self.open.is_none() {
-                        let state = self.chain.state.read();
-                        let ctx = next_block_context(
-                            &self.chain.exec,
-                            &state.head_header,
-                            state.head.hash,
-                            timestamp_us,
-                        );
-                        drop(state);
+                        let parent = self.chain.state.read().closed_parent;
+                        let ctx = next_block_context(&self.chain.exec, &parent, timestamp_us);
                         self.open_block(ctx, timestamp_us);
                     }
                     let number = self.open.as_ref().map(|o| o.ctx.number).unwrap_or_default();
@@ -157,7 +206,7 @@ impl Sequencer {
                             "seal of block {block_number} but block {number} is open"
                         )));
                     }
-                    self.seal(false)?;
+                    self.close_block(false)?;
                 }
             }
         }
@@ -178,7 +227,7 @@ impl Sequencer {
         loop {
             if self.chain.is_shut_down() {
                 if self.open.is_some() {
-                    self.seal(true)?;
+                    self.close_block(true)?;
                 }
                 return Ok(());
             }
@@ -188,7 +237,7 @@ impl Sequencer {
                 None => self.last_seal + idle,
             };
             if now >= deadline {
-                self.seal(true)?;
+                self.close_block(true)?;
                 continue;
             }
             // A mini-block is bounded in transactions and in bytes; what does not fit waits at
@@ -238,11 +287,9 @@ impl Sequencer {
             }
             self.make_log_room(&batch)?;
             if self.open.is_none() {
-                let state = self.chain.state.read();
+                let parent = self.chain.state.read().closed_parent;
                 let at = now_us();
-                let ctx =
-                    next_block_context(&self.chain.exec, &state.head_header, state.head.hash, at);
-                drop(state);
+                let ctx = next_block_context(&self.chain.exec, &parent, at);
                 self.open_block(ctx, at);
             }
             self.execute(std::mem::take(&mut batch), None)?;
@@ -263,7 +310,8 @@ impl Sequencer {
             return Ok(());
         }
         if self.open.is_some() {
-            self.seal(true)?;
+            let number = self.close_block(true)?;
+            self.chain.wait_sealed(number);
             self.sync_store()?;
             if self.minilog.has_room(needed, self.durable_mini) {
                 return Ok(());
@@ -274,9 +322,10 @@ impl Sequencer {
         )))
     }
 
+    /// Lets the sealer commit every closed block, then syncs RocksDB: afterwards everything
+    /// closed so far is durable without the log.
     fn sync_store(&mut self) -> Result<(), NodeError> {
-        self.chain.store.sync()?;
-        self.durable_mini = self.chain.state.read().head.last_mini_block;
+        self.durable_mini = sync_closed_blocks(&self.chain)?;
         Ok(())
     }
 
@@ -318,18 +367,14 @@ impl Sequencer {
             }
             txs.push(s.tx);
         }
-        let layers = self.chain.state.read().layers.clone();
-        let result = {
-            let view = self.chain.store.view();
-            execute_batch(
-                &self.chain.exec,
-                &ctx,
-                LayeredState::new(layers, view),
-                txs,
-                block_gas,
-                block_logs,
-            )?
-        };
+        let result = execute_batch(
+            &self.chain.exec,
+            &ctx,
+            self.chain.latest_state(),
+            txs,
+            block_gas,
+            block_logs,
+        )?;
 
         let mut included: Vec<(RecoveredTx, TxReceipt)> = Vec::new();
         let mut deferred = Vec::new();
@@ -371,7 +416,7 @@ impl Sequencer {
         }
         if !deferred.is_empty() {
             // The open block is full: seal it and offer the rest to the next block first.
-            self.seal(true)?;
+            self.close_block(true)?;
             for s in deferred.into_iter().rev() {
                 self.ready.push_front(s);
             }
@@ -447,6 +492,7 @@ impl Sequencer {
             };
             layers.diffs.push(diff);
             state.layers = Arc::new(layers);
+            state.layer_blocks.push(ctx.number);
             state.last_mini_block = number;
             state.last_mini_block_hash = hash;
             for (i, (tx, receipt)) in txs.iter().zip(&receipts).enumerate() {
@@ -566,67 +612,25 @@ impl Sequencer {
         }
     }
 
-    /// Seals the open block (or an empty one when idle): state root, header, log record,
-    /// RocksDB batch, then publication. `log` is false during replay (the seal is logged).
-    fn seal(&mut self, log: bool) -> Result<(), NodeError> {
+    /// Closes the open block (or an empty one when idle): logs its seal durably, hands it to
+    /// the sealer, and makes its successor openable at once. `log` is false during replay (the
+    /// seal is logged already), when the block is also sealed inline. Returns the block number.
+    fn close_block(&mut self, log: bool) -> Result<u64, NodeError> {
         let open = match self.open.take() {
             Some(open) => open,
             None => {
-                let state = self.chain.state.read();
+                let parent = self.chain.state.read().closed_parent;
                 let at = now_us();
-                let ctx =
-                    next_block_context(&self.chain.exec, &state.head_header, state.head.hash, at);
-                drop(state);
+                let ctx = next_block_context(&self.chain.exec, &parent, at);
                 self.open_block(ctx, at);
                 self.open.take().expect("just opened")
             }
         };
-        let (parent, parent_hash, last_mini) = {
-            let state = self.chain.state.read();
-            (
-                state.head_header.clone(),
-                state.head.hash,
-                state.last_mini_block,
-            )
-        };
         let ctx = open.ctx;
-        let (state_root, trie) = {
-            let view = self.chain.store.view();
-            rtchain_state::state_root::apply_diff(&view, parent.state_root, &open.diff)?
+        let (last_mini, last_mini_hash) = {
+            let state = self.chain.state.read();
+            (state.last_mini_block, state.last_mini_block_hash)
         };
-        let mut bloom = Bloom::ZERO;
-        for r in &open.receipts {
-            bloom.accrue_bloom(r.receipt.logs_bloom());
-        }
-        let header = Header {
-            parent_hash,
-            ommers_hash: EMPTY_OMMER_ROOT_HASH,
-            beneficiary: ctx.beneficiary,
-            state_root,
-            transactions_root: receipt::transactions_root(&open.txs),
-            receipts_root: if open.receipts.is_empty() {
-                EMPTY_ROOT_HASH
-            } else {
-                receipt::receipts_root(&open.receipts)
-            },
-            logs_bloom: bloom,
-            difficulty: Default::default(),
-            number: ctx.number,
-            gas_limit: ctx.gas_limit,
-            gas_used: open.gas_used,
-            timestamp: ctx.timestamp,
-            extra_data: Bytes::from_static(b"rtchain"),
-            mix_hash: ctx.prevrandao,
-            nonce: Default::default(),
-            base_fee_per_gas: Some(ctx.base_fee),
-            withdrawals_root: Some(EMPTY_ROOT_HASH),
-            blob_gas_used: Some(0),
-            excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(B256::ZERO),
-            requests_hash: Some(EMPTY_REQUESTS_HASH),
-            ..Default::default()
-        };
-        let hash = header.hash_slow();
         if log {
             let record = LogRecord::Seal {
                 block_number: ctx.number,
@@ -640,43 +644,171 @@ impl Sequencer {
                 &record,
             )?;
         }
+        {
+            let mut state = self.chain.state.write();
+            state.open_block = None;
+            state.closed_head = ctx.number;
+            state.closed_parent = ParentInfo {
+                number: ctx.number,
+                timestamp: ctx.timestamp,
+                gas_used: open.gas_used,
+                gas_limit: ctx.gas_limit,
+                base_fee: ctx.base_fee,
+                last_mini_hash,
+            };
+        }
+        let closed = ClosedBlock {
+            ctx,
+            first_mini: open.first_mini,
+            last_mini,
+            last_mini_hash,
+            txs: open.txs,
+            receipts: open.receipts,
+            minis: open.minis,
+            diff: open.diff,
+            gas_used: open.gas_used,
+        };
+        self.last_seal = Instant::now();
+        match (&mut self.sealer, &self.to_sealer) {
+            (Some(sealer), _) => sealer.seal(closed)?,
+            (None, Some(to_sealer)) => to_sealer
+                .send(closed)
+                .map_err(|_| NodeError::Recovery("the sealer stopped".into()))?,
+            (None, None) => return Err(NodeError::Recovery("no sealer".into())),
+        }
+        Ok(ctx.number)
+    }
+}
+
+/// Computes state roots, builds headers and commits closed blocks, in order, beside the
+/// sequencer: the hot path never waits for the trie or RocksDB.
+struct Sealer {
+    chain: Arc<Chain>,
+}
+
+impl Sealer {
+    fn new(chain: Arc<Chain>) -> Self {
+        Self { chain }
+    }
+
+    /// State root, header, one RocksDB batch, then publication: the block, its receipts with
+    /// their block hash, and the removal of its layers from the newest state.
+    fn seal(&mut self, closed: ClosedBlock) -> Result<(), NodeError> {
+        let started = Instant::now();
+        let (parent, parent_hash) = {
+            let state = self.chain.state.read();
+            (state.head_header.clone(), state.head.hash)
+        };
+        let ctx = closed.ctx;
+        if ctx.number != parent.number + 1 {
+            return Err(NodeError::Recovery(format!(
+                "sealing block {} on top of block {}",
+                ctx.number, parent.number
+            )));
+        }
+        let (state_root, trie) = {
+            let view = self.chain.store.view();
+            rtchain_state::state_root::apply_diff(&view, parent.state_root, &closed.diff)?
+        };
+        let mut bloom = Bloom::ZERO;
+        for r in &closed.receipts {
+            bloom.accrue_bloom(r.receipt.logs_bloom());
+        }
+        let header = Header {
+            parent_hash,
+            ommers_hash: EMPTY_OMMER_ROOT_HASH,
+            beneficiary: ctx.beneficiary,
+            state_root,
+            transactions_root: receipt::transactions_root(&closed.txs),
+            receipts_root: if closed.receipts.is_empty() {
+                EMPTY_ROOT_HASH
+            } else {
+                receipt::receipts_root(&closed.receipts)
+            },
+            logs_bloom: bloom,
+            difficulty: Default::default(),
+            number: ctx.number,
+            gas_limit: ctx.gas_limit,
+            gas_used: closed.gas_used,
+            timestamp: ctx.timestamp,
+            // Links the EVM block to the mini-block chain, and lets a restart continue it.
+            extra_data: Bytes::copy_from_slice(closed.last_mini_hash.as_slice()),
+            mix_hash: ctx.prevrandao,
+            nonce: Default::default(),
+            base_fee_per_gas: Some(ctx.base_fee),
+            withdrawals_root: Some(EMPTY_ROOT_HASH),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        };
+        let hash = header.hash_slow();
         self.chain.store.commit_block(&BlockCommit {
             header: &header,
             hash,
-            transactions: &open.txs,
-            receipts: &open.receipts,
-            mini_blocks: &open.minis,
-            last_mini_block: last_mini,
-            diff: &open.diff,
+            transactions: &closed.txs,
+            receipts: &closed.receipts,
+            mini_blocks: &closed.minis,
+            last_mini_block: closed.last_mini,
+            diff: &closed.diff,
             trie: &trie,
         })?;
+        let accounts = closed.diff.accounts.len();
         let block = Arc::new(SealedBlock {
             header: header.clone(),
             hash,
-            transactions: open.txs,
-            receipts: open.receipts,
-            mini_blocks: open.first_mini..=last_mini,
+            transactions: closed.txs,
+            receipts: closed.receipts,
+            mini_blocks: closed.first_mini..=closed.last_mini,
         });
+        // Publish in an order readers can rely on: the block first (so a receipt's hash
+        // resolves), then the head and the layers (RocksDB holds them now).
+        self.chain.push_recent(block.clone());
         {
             let mut state = self.chain.state.write();
             state.head = rtchain_state::store::Head {
                 number: ctx.number,
                 hash,
-                last_mini_block: last_mini,
+                last_mini_block: closed.last_mini,
             };
             state.head_header = header;
-            state.layers = Arc::new(Layers::default());
-            state.open_block = None;
+            let sealed_layers = state
+                .layer_blocks
+                .iter()
+                .take_while(|&&b| b == ctx.number)
+                .count();
+            if sealed_layers > 0 {
+                state.layers = Arc::new(Layers {
+                    diffs: state.layers.diffs[sealed_layers..].to_vec(),
+                });
+                state.layer_blocks.drain(..sealed_layers);
+            }
             for tx in &block.transactions {
                 state.preconfirmed.remove(&tx.hash);
             }
         }
-        self.chain.push_recent(block.clone());
+        tracing::debug!(
+            block = ctx.number,
+            txs = block.transactions.len(),
+            accounts,
+            seal_us = started.elapsed().as_micros() as u64,
+            "sealed"
+        );
         self.chain.sealed.send_replace(ctx.number);
+        self.chain.notify_sealed();
         let _ = self.chain.events.send(ChainEvent::Block(block));
-        self.last_seal = Instant::now();
         Ok(())
     }
+}
+
+/// Waits for the sealer to commit every closed block, syncs RocksDB, and returns the newest
+/// mini-block that is now durable there.
+fn sync_closed_blocks(chain: &Chain) -> Result<u64, NodeError> {
+    let closed = chain.state.read().closed_head;
+    chain.wait_sealed(closed);
+    chain.store.sync()?;
+    Ok(chain.state.read().head.last_mini_block)
 }
 
 /// Appends a record, syncing RocksDB first if the log must reuse space still needed.
@@ -688,8 +820,7 @@ fn append_durably(
 ) -> Result<(), NodeError> {
     match minilog.append(record, *durable_mini) {
         Err(MiniLogError::Full) => {
-            chain.store.sync()?;
-            *durable_mini = chain.state.read().head.last_mini_block;
+            *durable_mini = sync_closed_blocks(chain)?;
             minilog.append(record, *durable_mini)?;
             Ok(())
         }

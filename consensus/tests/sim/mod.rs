@@ -11,6 +11,8 @@
 //! after the faults heal.
 
 #![allow(dead_code)]
+// Processes are addressed by index throughout (latency matrix, partition sides).
+#![allow(clippy::needless_range_loop)]
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -140,7 +142,7 @@ impl Scenario {
                 latency_ns[b][a] = l;
             }
         }
-        let heal_at = rng.random_range(30..150) * MS;
+        let heal_at = rng.random_range(20..100) * MS;
         let mut partitions = Vec::new();
         for _ in 0..rng.random_range(0..3) {
             let start = rng.random_range(0..heal_at);
@@ -337,10 +339,12 @@ enum Ev {
     Heal,
 }
 
-/// The application of one process: the finalized chain it committed (durable: survives a
-/// crash) and the commitments of blocks it executed (volatile).
+/// The application of one process: the finalized chain it committed and the blocks it
+/// accepted (its mini-block log; both durable: they survive a crash), and the commitments of
+/// blocks it executed (volatile).
 struct App {
     chain: Vec<(Digest, B256)>,
+    stored: HashMap<Digest, Block>,
     anchor: Anchor,
     anchor_commitment: B256,
     executed: HashMap<Digest, B256>,
@@ -433,6 +437,7 @@ impl World {
                 )),
                 app: App {
                     chain: Vec::new(),
+                    stored: HashMap::new(),
                     anchor: Anchor::genesis(genesis),
                     anchor_commitment: B256::ZERO,
                     executed: HashMap::new(),
@@ -556,10 +561,14 @@ impl World {
         };
         self.out.torn_slots += log.report().torn_slots;
         let anchor = self.procs[p].app.anchor.clone();
-        let engine = match Engine::new(self.config(), key, replay, anchor) {
+        let mut engine = match Engine::new(self.config(), key, replay, anchor) {
             Ok(e) => e,
             Err(e) => return self.violation(true, format!("p{p}: engine refused to start: {e}")),
         };
+        // The application hands back the blocks it stored (the Verify durability contract).
+        for b in self.procs[p].app.stored.values() {
+            engine.restore_block(b.clone());
+        }
         if self.trace {
             println!(
                 "[{:>10.3}ms] p{p} boots at view {} (log: {:?})",
@@ -806,6 +815,10 @@ impl World {
         };
         let c = commit(&pc, block.payload());
         app.executed.insert(block.digest(), c);
+        if c == block.commitment() {
+            // Stored before answering ok (the durability contract of Effect::Verify).
+            app.stored.insert(block.digest(), block.clone());
+        }
         c == block.commitment()
     }
 
@@ -832,6 +845,7 @@ impl World {
             finalization: fin.finalization,
         };
         app.anchor_commitment = b.commitment();
+        app.stored.retain(|_, s| s.height() > h);
         if self.trace {
             println!(
                 "[{:>10.3}ms] p{p} delivers h{h} {b:?}",
@@ -948,11 +962,11 @@ impl World {
         self.check_send(p, &msg);
         if let Msg::Propose(pp) = &msg {
             self.proposed_at.entry(pp.block.digest()).or_insert(at);
-            // The leader's app knows its own block's post-state.
-            self.procs[p]
-                .app
-                .executed
+            // The leader's app knows its own block's post-state, and stored it.
+            let app = &mut self.procs[p].app;
+            app.executed
                 .insert(pp.block.digest(), pp.block.commitment());
+            app.stored.insert(pp.block.digest(), pp.block.clone());
         }
         let key = self.procs[p].key;
         let recipients: Vec<ValidatorIndex> = match to {
