@@ -68,6 +68,8 @@ struct StatetestArgs {
 enum BenchCommand {
     /// Open-loop JSON-RPC load: submit-to-receipt latency and sustained rate.
     Rpc(bench::RpcBenchArgs),
+    /// The executor alone: sequential against parallel on pre-signed batches in memory.
+    Exec(bench::ExecBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -134,6 +136,9 @@ fn main() -> ExitCode {
             }
             Command::Bench(BenchCommand::Rpc(args)) => bench::run_rpc_bench(args)
                 .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Command::Bench(BenchCommand::Exec(args)) => bench::run_exec_bench(args)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Command::VerifyState { data_dir } => verify_state(&data_dir),

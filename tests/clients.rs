@@ -1,11 +1,11 @@
-//! Real clients against a devnet: the viem script (tests/js/client.mjs) and the web3.py script
-//! (tests/python/client.py), each deploying the ERC-20, sending ETH and tokens, reading events
-//! and checking revert reasons. Each runs as a child process with RPC_URL set; its output is
-//! printed when it fails.
+//! Real clients against a devnet: the viem and ethers scripts (tests/js/client.mjs,
+//! tests/js/ethers-client.mjs) and the web3.py script (tests/python/client.py), each deploying the
+//! ERC-20, sending ETH and tokens, reading events and checking revert reasons, plus `cast send`
+//! with its default settings. Each runs as a child process; its output is printed when it fails.
 //!
-//! Without node_modules (viem) or .venv (web3.py) a test is skipped with a message, unless the
-//! environment variable CI is set: in CI a missing tool is a failure (scripts/setup.sh installs
-//! them).
+//! Without node_modules (viem, ethers, cast) or .venv (web3.py) a test is skipped with a message,
+//! unless the environment variable CI is set: in CI a missing tool is a failure
+//! (scripts/setup.sh installs them).
 
 mod common;
 
@@ -16,7 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Devnet, repo_root};
+use alloy::primitives::{Address, U256};
+use common::{DEV_KEY_0, Devnet, node_bin, repo_root, token_deploy_input};
 
 /// Each script takes a few seconds; a hung one fails the test instead of hanging it.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -35,6 +36,104 @@ fn viem_client_works_against_devnet() {
         "viem",
         Command::new("node").arg(root.join("tests/js/client.mjs")),
     );
+}
+
+#[test]
+fn ethers_client_works_against_devnet() {
+    let root = repo_root();
+    if !tools_present(
+        "ethers",
+        &[root.join("node_modules/ethers/package.json")],
+        "node",
+    ) {
+        return;
+    }
+    run_client(
+        "ethers",
+        Command::new("node").arg(root.join("tests/js/ethers-client.mjs")),
+    );
+}
+
+/// `cast send` with its default settings (it waits for the receipt and prints it): an ETH
+/// transfer, a Token deployment (`--create`) and a token transfer, then `cast balance` and
+/// `cast call` show their effect.
+#[test]
+fn cast_send_works_against_devnet() {
+    let cast_bin = node_bin("cast");
+    if !tools_present(
+        "cast",
+        std::slice::from_ref(&cast_bin),
+        cast_bin.to_str().unwrap_or_default(),
+    ) {
+        return;
+    }
+    let node = Devnet::start(&[]);
+    let url = node.url();
+    let cast = |args: &[&str]| {
+        let out = run_captured("cast", Command::new(&cast_bin).args(args));
+        assert!(
+            out.status.is_some_and(|s| s.success()),
+            "cast {} failed against {url}\n{}",
+            args.join(" "),
+            out.report
+        );
+        out.stdout
+    };
+    let send = |args: &[&str]| {
+        let out = cast(
+            &[
+                &["send", "--rpc-url", &url, "--private-key", DEV_KEY_0],
+                args,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["status", "1", "(success)"]),
+            "cast send {args:?}: no `status 1 (success)` in\n{out}"
+        );
+        out
+    };
+    let to = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"; // dev account 1
+    let balance = || -> U256 {
+        cast(&["balance", "--rpc-url", &url, to])
+            .trim()
+            .parse()
+            .expect("cast balance")
+    };
+
+    let before = balance();
+    send(&[to, "--value", "1ether"]);
+    let one_ether = U256::from(10u64).pow(U256::from(18u64));
+    assert_eq!(balance(), before + one_ether, "1 ether arrived");
+
+    let create = token_deploy_input("Cast Token", "CT", U256::from(1000u64)).to_string();
+    let receipt = send(&["--create", &create]);
+    let token: Address = receipt
+        .lines()
+        .find_map(|l| l.strip_prefix("contractAddress"))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no contractAddress in\n{receipt}"));
+
+    send(&[&token.to_string(), "transfer(address,uint256)", to, "5"]);
+    let balance_of = |holder: &str| -> String {
+        let out = cast(&[
+            "call",
+            "--rpc-url",
+            &url,
+            &token.to_string(),
+            "balanceOf(address)(uint256)",
+            holder,
+        ]);
+        out.split_whitespace().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(balance_of(to), "5", "recipient's token balance");
+    assert_eq!(
+        balance_of("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
+        "995",
+        "sender's token balance"
+    );
+    println!("cast send: 1 ether, Token deployed at {token}, 5 tokens sent; balances match");
 }
 
 #[test]
@@ -101,43 +200,65 @@ impl Drop for ChildGuard {
 
 fn run_client(client: &str, command: &mut Command) {
     let node = Devnet::start(&[]);
+    let out = run_captured(client, command.env("RPC_URL", node.url()));
+    match out.status {
+        Some(status) if status.success() => {
+            println!(
+                "{client} client passed in {:.1} s\n{}",
+                out.secs, out.report
+            );
+        }
+        Some(status) => panic!(
+            "{client} client failed ({status}) against {}\n{}",
+            node.url(),
+            out.report
+        ),
+        None => panic!(
+            "{client} client did not finish within {CLIENT_TIMEOUT:?}\n{}",
+            out.report
+        ),
+    }
+}
+
+/// What a tool run printed and how it ended (`None`: killed after [`CLIENT_TIMEOUT`]).
+struct Captured {
+    status: Option<std::process::ExitStatus>,
+    stdout: String,
+    report: String,
+    secs: f64,
+}
+
+/// Runs `command` in the repository root with piped output, killing it after [`CLIENT_TIMEOUT`].
+fn run_captured(tool: &str, command: &mut Command) -> Captured {
     let started = Instant::now();
     let child = command
         .current_dir(repo_root())
-        .env("RPC_URL", node.url())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn the {client} client: {e}"));
+        .unwrap_or_else(|e| panic!("spawn {tool}: {e}"));
     let mut child = ChildGuard(child);
     let stdout = drain(child.0.stdout.take().expect("stdout"));
     let stderr = drain(child.0.stderr.take().expect("stderr"));
     let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait for the client") {
+        if let Some(status) = child.0.try_wait().expect("wait for the child") {
             break Some(status);
         }
         if started.elapsed() > CLIENT_TIMEOUT {
             break None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     };
     drop(child);
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    let report = format!("--- {client} stdout ---\n{stdout}--- {client} stderr ---\n{stderr}");
-    match status {
-        Some(status) if status.success() => {
-            println!(
-                "{client} client passed in {:.1} s\n{report}",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Some(status) => panic!(
-            "{client} client failed ({status}) against {}\n{report}",
-            node.url()
-        ),
-        None => panic!("{client} client did not finish within {CLIENT_TIMEOUT:?}\n{report}"),
+    let report = format!("--- {tool} stdout ---\n{stdout}--- {tool} stderr ---\n{stderr}");
+    Captured {
+        status,
+        stdout,
+        report,
+        secs: started.elapsed().as_secs_f64(),
     }
 }
 

@@ -14,6 +14,10 @@
 //! blocks from peers. It depends on no other rtchain crate, on no async runtime and no storage
 //! engine. The deterministic simulator that checks it lives in `tests/sim`.
 //!
+//! Start-up: [`votelog::VoteLog::open`] replays the log; [`Engine::new`] takes the replay and
+//! the application's last committed block; [`Engine::restore_block`] takes back each block the
+//! application stored (see [`Effect::Verify`]); [`Engine::start`].
+//!
 //! A driver loop, for one engine step:
 //! 1. feed the event to [`Engine::handle`];
 //! 2. append every [`Effect::Persist`] (they come first) to the [`votelog::VoteLog`];

@@ -366,6 +366,10 @@ impl ParallelExecutor {
 /// A transaction's receipt or error before the transaction itself is moved into its outcome
 /// (after the worker threads, which borrow the transactions, are done).
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "Included is the common case; boxing it would add an allocation per transaction"
+)]
 enum Pending {
     Included(TxReceipt),
     Rejected(crate::tx::TxError),

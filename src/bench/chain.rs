@@ -91,6 +91,20 @@ pub(crate) fn sign(
     nonce: u64,
     call: &Call,
 ) -> Result<SignedTx, BenchError> {
+    let (hash, raw) = sign_raw(signer, fees, nonce, call)?;
+    Ok(SignedTx {
+        hash,
+        raw_hex: format!("0x{}", hex::encode(&raw)),
+    })
+}
+
+/// Signs an EIP-1559 transaction: its hash and EIP-2718 bytes.
+pub(crate) fn sign_raw(
+    signer: &PrivateKeySigner,
+    fees: FeeParams,
+    nonce: u64,
+    call: &Call,
+) -> Result<(B256, Vec<u8>), BenchError> {
     let mut tx = TxEip1559 {
         chain_id: fees.chain_id,
         nonce,
@@ -107,10 +121,7 @@ pub(crate) fn sign(
     let mut raw = Vec::with_capacity(signed.eip2718_encoded_length());
     signed.eip2718_encode(&mut raw);
     debug_assert_eq!(raw.len(), signed.eip2718_encoded_length());
-    Ok(SignedTx {
-        hash: *signed.hash(),
-        raw_hex: format!("0x{}", hex::encode(&raw)),
-    })
+    Ok((*signed.hash(), raw))
 }
 
 /// The benchmark's sender `index`: the private key is keccak256 of a fixed tag and the index, so

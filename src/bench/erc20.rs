@@ -23,6 +23,8 @@ const TOKEN_DECIMALS: u8 = 18;
 struct Artifact {
     abi: JsonAbi,
     bytecode: Bytes,
+    #[serde(rename = "deployedBytecode", default)]
+    deployed_bytecode: Bytes,
 }
 
 /// A compiled ERC-20 token.
@@ -31,6 +33,7 @@ pub(crate) struct Token {
     path: PathBuf,
     abi: JsonAbi,
     bytecode: Bytes,
+    deployed_bytecode: Bytes,
 }
 
 impl Token {
@@ -53,7 +56,14 @@ impl Token {
             path: path.to_owned(),
             abi: artifact.abi,
             bytecode: artifact.bytecode,
+            deployed_bytecode: artifact.deployed_bytecode,
         })
+    }
+
+    /// The runtime code, for placing the token in a pre-state without deploying it. Empty when
+    /// the artifact has no `deployedBytecode`.
+    pub fn deployed_bytecode(&self) -> &Bytes {
+        &self.deployed_bytecode
     }
 
     fn error(&self, reason: String) -> BenchError {
@@ -149,6 +159,7 @@ mod tests {
             path: PathBuf::from("test.json"),
             abi: serde_json::from_str(abi).expect("test ABI parses"),
             bytecode: Bytes::from_static(&[0x60, 0x00]),
+            deployed_bytecode: Bytes::new(),
         }
     }
 

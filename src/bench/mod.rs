@@ -6,13 +6,18 @@
 //! so one run can measure rtchain and anvil side by side with the same load. The one exception
 //! is `--anvil`, which starts a throw-away anvil on a loopback port for such comparisons.
 //!
+//! `bench exec` is the other exception: it measures the executor in-process, on pre-signed
+//! batches in memory, with no node at all.
+//!
 //! See `docs/benchmarking.md` for what each benchmark measures and how to read its output.
 
 mod anvil;
 mod chain;
 mod erc20;
 pub mod error;
+pub mod exec;
 pub mod report;
 pub mod rpc;
 
+pub use exec::{ExecBenchArgs, run_exec_bench};
 pub use rpc::{RpcBenchArgs, run_rpc_bench};

@@ -81,26 +81,31 @@ pub struct BenchResult {
 impl BenchResult {
     /// Prints the result as one JSON line on stdout and appends the same line to `out`.
     pub fn emit(&self, out: Option<&Path>) -> Result<(), BenchError> {
-        let line = serde_json::to_string(self)
-            .map_err(|e| BenchError::Task("report", format!("cannot serialise the result: {e}")))?;
-        println!("{line}");
-        if let Some(path) = out {
-            let io_error = |source| BenchError::Io {
-                path: path.to_owned(),
-                source,
-            };
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(io_error)?;
-            // One write per line, so concurrent runs appending to the same file do not
-            // interleave within a line.
-            file.write_all(format!("{line}\n").as_bytes())
-                .map_err(io_error)?;
-        }
-        Ok(())
+        emit_line(self, out)
     }
+}
+
+/// Prints `result` as one JSON line on stdout and appends the same line to `out`.
+pub fn emit_line<T: Serialize>(result: &T, out: Option<&Path>) -> Result<(), BenchError> {
+    let line = serde_json::to_string(result)
+        .map_err(|e| BenchError::Task("report", format!("cannot serialise the result: {e}")))?;
+    println!("{line}");
+    if let Some(path) = out {
+        let io_error = |source| BenchError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_error)?;
+        // One write per line, so concurrent runs appending to the same file do not
+        // interleave within a line.
+        file.write_all(format!("{line}\n").as_bytes())
+            .map_err(io_error)?;
+    }
+    Ok(())
 }
 
 /// `git rev-parse HEAD` of the working directory, or "unknown" outside a checkout or without git.

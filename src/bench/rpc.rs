@@ -43,7 +43,7 @@ const FUNDER_KEY_DEFAULT: &str =
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 const ANVIL_BIN_DEFAULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/node_modules/.bin/anvil");
-const TOKEN_ARTIFACT_DEFAULT: &str =
+pub(crate) const TOKEN_ARTIFACT_DEFAULT: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/contracts/out/Token.json");
 
 /// Transactions signed for one target's run (`rate * duration`). Each costs about 400 bytes

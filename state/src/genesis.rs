@@ -99,8 +99,19 @@ impl Genesis {
             path: shown.clone(),
             source,
         })?;
-        let parsed: alloy_genesis::Genesis =
+        let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| GenesisError::Parse {
+                path: shown.clone(),
+                source,
+            })?;
+        // alloy fills a missing chain id with a default; a genesis file must name its chain.
+        if value.pointer("/config/chainId").is_none() {
+            return Err(GenesisError::Invalid(format!(
+                "{shown}: config.chainId is missing"
+            )));
+        }
+        let parsed: alloy_genesis::Genesis =
+            serde_json::from_value(value).map_err(|source| GenesisError::Parse {
                 path: shown,
                 source,
             })?;

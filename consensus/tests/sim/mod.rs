@@ -58,8 +58,8 @@ pub enum Kind {
 pub enum Cpu {
     /// Processing takes no virtual time.
     Zero,
-    /// Each engine step takes the wall-clock time it really took (measurement only: not
-    /// deterministic).
+    /// Each engine step takes the wall-clock time it really took, capped at 500 us
+    /// (measurement only: not deterministic).
     Measured,
 }
 
@@ -684,7 +684,9 @@ impl World {
         f(engine, &mut effects);
         let elapsed = match self.sc.cpu {
             Cpu::Zero => 0,
-            Cpu::Measured => wall.elapsed().as_nanos() as u64,
+            // Wall clock, capped: a step longer than 500 us is this thread being descheduled
+            // (the test machine is shared), not engine work (a step is 10-100 us).
+            Cpu::Measured => (wall.elapsed().as_nanos() as u64).min(500 * US),
         };
         let end = start + elapsed;
         proc.busy_until = end;

@@ -75,10 +75,13 @@ pub(crate) enum ReadValue {
     Storage(U256),
 }
 
+/// The writes to each location, by transaction index, ascending.
+type Versions = HashMap<Loc, Vec<(u32, MvValue)>>;
+
 /// Latest write to each location by each transaction of the batch that published one, ordered
 /// by transaction index. Lock per shard; lookups and publications are short and never nest.
 pub(crate) struct MvMemory {
-    shards: Box<[Mutex<HashMap<Loc, Vec<(u32, MvValue)>>>]>,
+    shards: Box<[Mutex<Versions>]>,
     /// Code deployed by transactions of the batch, by hash.
     codes: Mutex<B256Map<Bytecode>>,
     /// Set once any transaction wiped an account's storage: only then must a storage read also
@@ -95,7 +98,7 @@ impl MvMemory {
         }
     }
 
-    fn shard(&self, loc: &Loc) -> MutexGuard<'_, HashMap<Loc, Vec<(u32, MvValue)>>> {
+    fn shard(&self, loc: &Loc) -> MutexGuard<'_, Versions> {
         // A poisoned shard means a worker panicked mid-publication; the panic reaches the
         // caller through the thread scope, so reading on is harmless.
         self.shards[loc.shard()]

@@ -329,8 +329,8 @@ fn signed_authorization(
     nonce: u64,
     chain_id: u64,
 ) -> SignedAuthorization {
-    static CACHE: OnceLock<Mutex<HashMap<(usize, Address, u64, u64), SignedAuthorization>>> =
-        OnceLock::new();
+    type Key = (usize, Address, u64, u64);
+    static CACHE: OnceLock<Mutex<HashMap<Key, SignedAuthorization>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
     let key = (authority, delegate, nonce, chain_id);
     if let Some(auth) = cache.lock().expect("cache").get(&key) {
@@ -1061,4 +1061,100 @@ fn independent_transfers_validate_without_reexecution() {
     );
     assert_eq!(stats.reexecuted, 0, "{stats:?}");
     assert_eq!(stats.validated, 6, "{stats:?}");
+}
+
+/// Where the time of a parallel batch goes (run with `--run-ignored only --no-capture`):
+/// sequential execution, speculation alone on one thread, and validation plus commit alone.
+#[test]
+#[ignore = "timing breakdown for tuning, not a check"]
+fn timing_breakdown() {
+    use std::time::Instant;
+    let n = 20_000usize;
+    let mut state = MemoryState::new();
+    let senders: Vec<Address> = (0..n).map(|i| addr(0x10_0000 + i as u64)).collect();
+    for s in &senders {
+        state.set_account(*s, U256::from(10u128.pow(24)), 0, Bytes::new());
+    }
+    let txs: Vec<RecoveredTx> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let hash = keccak256((i as u64).to_be_bytes());
+            RecoveredTx {
+                envelope: TxEnvelope::Eip1559(Signed::new_unchecked(
+                    TxEip1559 {
+                        chain_id: CHAIN_ID,
+                        nonce: 0,
+                        gas_limit: 21_000,
+                        max_fee_per_gas: 2 * GWEI,
+                        max_priority_fee_per_gas: GWEI,
+                        to: TxKind::Call(addr(0x20_0000 + i as u64)),
+                        value: U256::from(1),
+                        access_list: AccessList::default(),
+                        input: Bytes::new(),
+                    },
+                    Signature::test_signature(),
+                    hash,
+                )),
+                sender: *s,
+                hash,
+                raw: Bytes::new(),
+            }
+        })
+        .collect();
+    let config = ExecConfig::dev(CHAIN_ID);
+    let mut params = default_params();
+    params.coinbase = 0;
+    let ctx = BlockContext {
+        gas_limit: u64::MAX / 2,
+        ..build(&params, &[], &[Kind::Transfer]).ctx
+    };
+    let executor = ParallelExecutor::new(ParallelConfig::with_threads(2)).unwrap();
+    for _ in 0..4 {
+        let t = Instant::now();
+        let seq = execute_batch(&config, &ctx, &state, txs.clone(), 0, 0).unwrap();
+        let t_seq = t.elapsed();
+        let batch = Batch::new(&txs, &state, 1);
+        let tuning = ParallelConfig::with_threads(2);
+        let run = Run {
+            exec: &config,
+            block: &ctx,
+            tuning: &tuning,
+            base_only: false,
+            never_direct: true,
+        };
+        let mut evm = run.spec_evm(&batch);
+        let t = Instant::now();
+        for i in 0..n as u32 {
+            batch.claim(i, RUNNING);
+            speculate(&mut evm, &batch, i);
+        }
+        let t_spec = t.elapsed();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let t = Instant::now();
+        let (_, _, stats) = run.execute(&pool, &batch, 0, 0).unwrap();
+        let t_commit = t.elapsed();
+        let t = Instant::now();
+        drop(batch);
+        let t_drop = t.elapsed();
+        let t = Instant::now();
+        let (par, pstats) = executor
+            .execute_batch_with_stats(&config, &ctx, &state, txs.clone(), 0, 0)
+            .unwrap();
+        let t_par = t.elapsed();
+        assert_eq!(par, seq);
+        println!(
+            "per tx: sequential {:?}, speculate {:?}, validate+commit {:?} ({} validated), \
+             drop {:?}, parallel(2) {:?} {pstats:?}",
+            t_seq / n as u32,
+            t_spec / n as u32,
+            t_commit / n as u32,
+            stats.validated,
+            t_drop / n as u32,
+            t_par / n as u32,
+        );
+    }
 }
