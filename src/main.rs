@@ -183,7 +183,13 @@ async fn devnet(args: DevnetArgs) -> Result<(), String> {
         );
         config.storage.minilog_sync = rtchain_state::minilog::SyncMode::Off;
     }
-    run_node(config, Some(print_dev_accounts)).await
+    // The dev accounts are funded only by the built-in dev genesis.
+    let banner = if config.chain.genesis.is_none() {
+        Some(print_dev_accounts as fn())
+    } else {
+        None
+    };
+    run_node(config, banner).await
 }
 
 /// The incremental root must never drift from the flat state: recompute it from scratch over the
@@ -235,6 +241,9 @@ fn print_dev_accounts() {
 }
 
 async fn run_node(config: NodeConfig, banner: Option<fn()>) -> Result<(), String> {
+    // Handlers first: a SIGTERM that arrives while the node starts must stop it cleanly, not
+    // kill it by the default action.
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let node = node::Node::start(config).await.map_err(|e| e.to_string())?;
     let addr = node.rpc.local_addr();
     let head = node.chain.state.read().head;
@@ -247,23 +256,21 @@ async fn run_node(config: NodeConfig, banner: Option<fn()>) -> Result<(), String
     if let Some(banner) = banner {
         banner();
     }
-    wait_for_signal().await;
+    shutdown.await;
     println!("shutting down");
     node.stop().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or Ctrl-C; the handlers are installed when this returns.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    })
 }

@@ -206,6 +206,9 @@ pub struct ExecBenchResult {
     pub recovery_bound_fraction: f64,
     /// Cargo profile the binary was built with (`dev` builds are optimised, see Cargo.toml).
     pub profile: &'static str,
+    /// 1-minute load average when the measurement started: on a shared machine, other work
+    /// competes for the cores the parallel figures need.
+    pub load_avg_1m: Option<f64>,
     pub label: String,
     pub machine: Machine,
     pub commit: String,
@@ -419,6 +422,9 @@ fn measure(
     threads: usize,
 ) -> Result<ExecBenchResult, BenchError> {
     let exec_error = |e: rtchain_exec::StateError| BenchError::Task("execute", e.to_string());
+    let load_avg_1m = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok());
     let executor = ParallelExecutor::new(ParallelConfig::with_threads(threads)).map_err(|e| {
         BenchError::Setup {
             target: "bench exec".to_owned(),
@@ -542,6 +548,7 @@ fn measure(
         ecrecover_us: ecrecover.as_secs_f64() * 1e6,
         ecrecover_bound_tps,
         recovery_bound_fraction: with_recovery_tps / ecrecover_bound_tps,
+        load_avg_1m,
         profile: if cfg!(debug_assertions) {
             "dev"
         } else {

@@ -882,7 +882,7 @@ fn cases(n: u32) -> ProptestConfig {
 }
 
 proptest! {
-    #![proptest_config(cases(2_000))]
+    #![proptest_config(cases(3_000))]
 
     /// Every kind of transaction at once, over both kinds of base reader.
     #[test]
@@ -895,7 +895,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(cases(400))]
+    #![proptest_config(cases(500))]
 
     /// Independent and chained transfers among few senders: nonce chains, shared recipients,
     /// the beneficiary as sender or recipient.
