@@ -1,6 +1,7 @@
 //! Execution for rtchain: decoding and checking transactions (EIP-2718 envelopes, sender
-//! recovery with libsecp256k1), executing them on revm over a [`StateReader`], and building
-//! receipts, logs blooms and the EIP-1559 base fee.
+//! recovery with libsecp256k1), executing them on revm over a [`StateReader`] (sequentially, or
+//! in parallel with results equal to sequential: [`parallel`]), and building receipts, logs
+//! blooms and the EIP-1559 base fee.
 //!
 //! This crate knows nothing of storage engines, networking or consensus: state comes in through
 //! the [`StateReader`] trait, so the same executor runs over RocksDB, an in-memory overlay or a

@@ -98,6 +98,10 @@ pub struct ParallelConfig {
     pub conflict_pct_max: u32,
     /// Validated transactions a batch commits before its conflict rate may stop speculation.
     pub conflict_sample_txs: u32,
+    /// Batches whose transactions' gas limits average below this run sequentially: a plain
+    /// transfer executes in about the time its validation and commit take, so speculating it
+    /// on another thread saves nothing and costs the hand-over.
+    pub min_avg_gas_limit: u64,
 }
 
 impl ParallelConfig {
@@ -108,6 +112,7 @@ impl ParallelConfig {
             min_batch_txs: 32,
             conflict_pct_max: 50,
             conflict_sample_txs: 32,
+            min_avg_gas_limit: 30_000,
         }
     }
 }
@@ -124,6 +129,9 @@ pub enum SequentialReason {
     ConflictHistory,
     /// A spec the lazy fee accounting does not model (after Osaka).
     Spec,
+    /// Transactions too cheap to be worth speculating (see
+    /// [`ParallelConfig::min_avg_gas_limit`]).
+    CheapTxs,
 }
 
 /// What happened while executing one batch.
@@ -264,7 +272,7 @@ impl ParallelExecutor {
         block_gas_used: u64,
         block_logs: u64,
     ) -> Result<(BatchResult, BatchStats), StateError> {
-        let sequential = match self.sequential_reason(config, txs.len()) {
+        let sequential = match self.sequential_reason(config, &txs) {
             Some(reason) => Some(reason),
             None if self.conflicts_dominate() => Some(SequentialReason::ConflictHistory),
             None => None,
@@ -314,13 +322,23 @@ impl ParallelExecutor {
         ))
     }
 
-    fn sequential_reason(&self, config: &ExecConfig, txs: usize) -> Option<SequentialReason> {
+    fn sequential_reason(
+        &self,
+        config: &ExecConfig,
+        txs: &[RecoveredTx],
+    ) -> Option<SequentialReason> {
+        let gas_limits: u128 = txs
+            .iter()
+            .map(|tx| u128::from(alloy_consensus::Transaction::gas_limit(&tx.envelope)))
+            .sum();
         if self.pool.is_none() {
             Some(SequentialReason::OneThread)
         } else if config.spec.is_enabled_in(SpecId::AMSTERDAM) {
             Some(SequentialReason::Spec)
-        } else if txs < self.config.min_batch_txs.max(2) || txs > BATCH_TXS_MAX {
+        } else if txs.len() < self.config.min_batch_txs.max(2) || txs.len() > BATCH_TXS_MAX {
             Some(SequentialReason::SmallBatch)
+        } else if gas_limits < u128::from(self.config.min_avg_gas_limit) * txs.len() as u128 {
+            Some(SequentialReason::CheapTxs)
         } else {
             None
         }

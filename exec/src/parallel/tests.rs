@@ -666,6 +666,7 @@ fn executors() -> &'static [ParallelExecutor] {
             min_batch_txs: 0,
             conflict_pct_max: 100,
             conflict_sample_txs: u32::MAX,
+            min_avg_gas_limit: 0,
         };
         let stressed = |threads, stress| {
             let mut executor = ParallelExecutor::new(always(threads)).expect("pool");
@@ -692,6 +693,7 @@ fn executors() -> &'static [ParallelExecutor] {
             ParallelExecutor::new(ParallelConfig {
                 min_batch_txs: 0,
                 conflict_sample_txs: 4,
+                min_avg_gas_limit: 0,
                 ..ParallelConfig::with_threads(2)
             })
             .expect("pool"),
@@ -1022,6 +1024,14 @@ fn small_batches_and_one_thread_run_sequentially() {
         run(ParallelExecutor::new(ParallelConfig::with_threads(1)).expect("pool")),
         Some(SequentialReason::OneThread)
     );
+    assert_eq!(
+        run(ParallelExecutor::new(ParallelConfig {
+            min_batch_txs: 2,
+            ..ParallelConfig::with_threads(2)
+        })
+        .expect("pool")),
+        Some(SequentialReason::CheapTxs)
+    );
 }
 
 #[test]
@@ -1109,7 +1119,11 @@ fn timing_breakdown() {
         gas_limit: u64::MAX / 2,
         ..build(&params, &[], &[Kind::Transfer]).ctx
     };
-    let executor = ParallelExecutor::new(ParallelConfig::with_threads(2)).unwrap();
+    let executor = ParallelExecutor::new(ParallelConfig {
+        min_avg_gas_limit: 0,
+        ..ParallelConfig::with_threads(2)
+    })
+    .unwrap();
     for _ in 0..4 {
         let t = Instant::now();
         let seq = execute_batch(&config, &ctx, &state, txs.clone(), 0, 0).unwrap();
