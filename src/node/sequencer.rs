@@ -818,10 +818,15 @@ fn append_durably(
     durable_mini: &mut u64,
     record: &LogRecord,
 ) -> Result<(), NodeError> {
-    match minilog.append(record, *durable_mini) {
-        Err(MiniLogError::Full) => {
+    // A mini-block record keeps room after it for its block's seal record.
+    let reserve = match record {
+        LogRecord::MiniBlock(_) => SEAL_RESERVE_BYTES,
+        LogRecord::Seal { .. } => 0,
+    };
+    match minilog.append(record, *durable_mini, reserve) {
+        Err(MiniLogError::Full { .. }) => {
             *durable_mini = sync_closed_blocks(chain)?;
-            minilog.append(record, *durable_mini)?;
+            minilog.append(record, *durable_mini, reserve)?;
             Ok(())
         }
         other => Ok(other?),

@@ -42,8 +42,16 @@ pub enum MiniLogError {
     #[error("record of {0} bytes exceeds the mini-block log's record bound")]
     TooLarge(usize),
     /// The space to reuse still holds records that are not yet durable in RocksDB.
-    #[error("mini-block log full: seal and sync the open EVM block before writing more")]
-    Full,
+    #[error(
+        "mini-block log full: a {record_bytes}-byte record at offset {position} of {size} must wrap, but mini-block {oldest_needed} is not durable yet (durable through {durable})"
+    )]
+    Full {
+        record_bytes: u64,
+        position: u64,
+        size: u64,
+        oldest_needed: u64,
+        durable: u64,
+    },
 }
 
 /// One entry of the log.
@@ -291,10 +299,14 @@ impl MiniLog {
     /// Appends a record and (in `SyncMode::Always`) makes it durable before returning.
     /// `durable_mini_block` is the newest mini-block whose EVM block RocksDB holds durably: only
     /// records at or below it may be overwritten when the log wraps.
+    /// `reserve_after` bytes must stay free after the record, or the log wraps first: a
+    /// mini-block record keeps room for its block's seal, which must never have to overwrite
+    /// the block's own records.
     pub fn append(
         &mut self,
         record: &LogRecord,
         durable_mini_block: u64,
+        reserve_after: usize,
     ) -> Result<(), MiniLogError> {
         self.buffer.clear();
         self.buffer.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
@@ -309,19 +321,25 @@ impl MiniLog {
         self.buffer[8..12].copy_from_slice(&crc.to_be_bytes());
 
         let mut start = self.position;
-        if start + self.buffer.len() as u64 > self.size {
+        if start + (self.buffer.len() + reserve_after) as u64 > self.size {
             start = HEADER_LEN;
         }
         let end = start + self.buffer.len() as u64;
         // Records this write would overwrite must all be durable elsewhere.
         let wraps = start < self.position;
         if wraps {
-            if self
+            if let Some(&(_, _, needed)) = self
                 .records
                 .iter()
-                .any(|&(_, _, mini)| mini > durable_mini_block)
+                .find(|&&(_, _, mini)| mini > durable_mini_block)
             {
-                return Err(MiniLogError::Full);
+                return Err(MiniLogError::Full {
+                    record_bytes: self.buffer.len() as u64,
+                    position: self.position,
+                    size: self.size,
+                    oldest_needed: needed,
+                    durable: durable_mini_block,
+                });
             }
             self.records.clear();
         }
@@ -393,7 +411,7 @@ mod tests {
             let (mut log, records) = MiniLog::open(&path, size, SyncMode::Always).unwrap();
             assert!(records.is_empty());
             for n in 1..=10 {
-                log.append(&mini(n), 0).unwrap();
+                log.append(&mini(n), 0, 0).unwrap();
             }
         }
         let (mut log, records) = MiniLog::open(&path, size, SyncMode::Always).unwrap();
@@ -407,13 +425,13 @@ mod tests {
         // Filling the file forces a wrap, refused until the old records are durable elsewhere.
         let mut n = 11;
         loop {
-            match log.append(&mini(n), 0) {
+            match log.append(&mini(n), 0, 0) {
                 Ok(()) => n += 1,
-                Err(MiniLogError::Full) => break,
+                Err(MiniLogError::Full { .. }) => break,
                 Err(e) => panic!("{e}"),
             }
         }
-        log.append(&mini(n), n - 1).unwrap();
+        log.append(&mini(n), n - 1, 0).unwrap();
         log.append(
             &LogRecord::Seal {
                 block_number: 9,
@@ -421,6 +439,7 @@ mod tests {
                 timestamp_us: 5,
             },
             n - 1,
+            0,
         )
         .unwrap();
         drop(log);
@@ -440,7 +459,7 @@ mod tests {
         let path = dir.path().join("minilog");
         let (mut log, _) = MiniLog::open(&path, 1 << 20, SyncMode::Always).unwrap();
         for n in 1..=3 {
-            log.append(&mini(n), 0).unwrap();
+            log.append(&mini(n), 0, 0).unwrap();
         }
         let torn_at = log.records[2].0 + 20;
         drop(log);
