@@ -8,7 +8,7 @@ use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
 use alloy_primitives::{Address, B256, Bloom, Bytes, U256, address};
 use alloy_trie::EMPTY_ROOT_HASH;
 use revm::{bytecode::Bytecode, primitives::KECCAK_EMPTY, state::AccountInfo};
-use rtchain_exec::{AccountChange, StateDiff};
+use rtchain_exec::{AccountChange, MemoryState, StateDiff};
 
 /// The 10 accounts of the mnemonic `test test test test test test test test test test test
 /// junk` (derivation path m/44'/60'/0'/0/i), which anvil and hardhat fund too.
@@ -205,40 +205,9 @@ impl Genesis {
 
     /// The state root of the allocation, computed from scratch.
     pub fn state_root(&self) -> B256 {
-        use alloy_primitives::keccak256;
-        use alloy_trie::{HashBuilder, Nibbles, TrieAccount};
-        let diff = self.state_diff();
-        let mut leaves: Vec<(B256, Vec<u8>)> = diff
-            .accounts
-            .iter()
-            .map(|(address, change)| {
-                let mut slots: Vec<(B256, Vec<u8>)> = change
-                    .storage
-                    .iter()
-                    .filter(|(_, v)| !v.is_zero())
-                    .map(|(k, v)| (keccak256(k.to_be_bytes::<32>()), alloy_rlp::encode(v)))
-                    .collect();
-                slots.sort();
-                let mut builder = HashBuilder::default();
-                for (key, value) in &slots {
-                    builder.add_leaf(Nibbles::unpack(key), value);
-                }
-                let info = change.info.clone().unwrap_or_default();
-                let account = TrieAccount {
-                    nonce: info.nonce,
-                    balance: info.balance,
-                    storage_root: builder.root(),
-                    code_hash: info.code_hash,
-                };
-                (keccak256(address), alloy_rlp::encode(account))
-            })
-            .collect();
-        leaves.sort();
-        let mut builder = HashBuilder::default();
-        for (key, value) in &leaves {
-            builder.add_leaf(Nibbles::unpack(key), value);
-        }
-        builder.root()
+        let mut state = MemoryState::new();
+        state.apply(&self.state_diff());
+        state.state_root()
     }
 
     /// The genesis header, given the state root of the allocation.

@@ -8,7 +8,10 @@
 
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_rlp::{Decodable, Encodable};
-use alloy_trie::{EMPTY_ROOT_HASH, HashBuilder, Nibbles, TrieAccount};
+use alloy_trie::{
+    EMPTY_ROOT_HASH, Nibbles, TrieAccount,
+    root::{state_root_unsorted, storage_root_unhashed},
+};
 use rtchain_exec::StateDiff;
 
 use crate::{
@@ -170,36 +173,21 @@ pub fn apply_diff(
 /// The state root recomputed from the flat state alone, ignoring stored trie nodes: the check
 /// that the incremental root never drifted.
 pub fn full_state_root(view: &StoreView<'_>) -> Result<B256, StoreError> {
-    let mut leaves: Vec<(B256, Vec<u8>)> = Vec::new();
+    let mut leaves: Vec<(B256, TrieAccount)> = Vec::new();
     view.for_each_account(|address, info| {
-        let mut slots: Vec<(B256, Vec<u8>)> = Vec::new();
-        view.for_each_slot(address, |slot, value| {
-            slots.push((
-                keccak256(slot.to_be_bytes::<32>()),
-                encode_slot_value(&value),
-            ));
-        })?;
-        slots.sort_by_key(|(key, _)| *key);
-        let mut builder = HashBuilder::default();
-        for (key, value) in &slots {
-            builder.add_leaf(Nibbles::unpack(key), value);
-        }
-        let storage_root = builder.root();
+        let mut slots: Vec<(B256, U256)> = Vec::new();
+        view.for_each_slot(address, |slot, value| slots.push((B256::from(slot), value)))?;
+        let storage_root = storage_root_unhashed(slots);
         let leaf = TrieAccount {
             nonce: info.nonce,
             balance: info.balance,
             storage_root,
             code_hash: info.code_hash,
         };
-        leaves.push((keccak256(address), encode_account(&leaf)));
+        leaves.push((keccak256(address), leaf));
         Ok(())
     })?;
-    leaves.sort_by_key(|(key, _)| *key);
-    let mut builder = HashBuilder::default();
-    for (key, value) in &leaves {
-        builder.add_leaf(Nibbles::unpack(key), value);
-    }
-    Ok(builder.root())
+    Ok(state_root_unsorted(leaves))
 }
 
 /// An EIP-1186 proof of one account and some of its slots against `root`.

@@ -171,12 +171,7 @@ impl Store {
         let Some(bytes) = self.db.get_cf(self.cf(CF_META), META_HEAD)? else {
             return Ok(None);
         };
-        let mut r = codec::Reader::new(&bytes, "head");
-        Ok(Some(Head {
-            number: r.u64()?,
-            hash: r.b256()?,
-            last_mini_block: r.u64()?,
-        }))
+        decode_head(&bytes).map(Some)
     }
 
     /// Writes a sealed block, its state changes, trie nodes and indexes in one atomic batch.
@@ -265,11 +260,12 @@ impl Store {
                 }
             }
         }
-        let mut head = Vec::with_capacity(48);
-        head.extend_from_slice(&key);
-        head.extend_from_slice(c.hash.as_slice());
-        head.extend_from_slice(&c.last_mini_block.to_be_bytes());
-        batch.put_cf(self.cf(CF_META), META_HEAD, head);
+        let head = Head {
+            number,
+            hash: c.hash,
+            last_mini_block: c.last_mini_block,
+        };
+        batch.put_cf(self.cf(CF_META), META_HEAD, encode_head(&head));
 
         let mut options = WriteOptions::default();
         options.set_sync(false);
@@ -290,9 +286,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        Header::decode(&mut &bytes[..])
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("header {number}: {e}")))
+        decode_header(number, &bytes).map(Some)
     }
 
     pub fn block_number(&self, hash: B256) -> Result<Option<u64>, StoreError> {
@@ -401,12 +395,7 @@ impl StoreView<'_> {
         let Some(bytes) = self.snapshot.get_cf(self.store.cf(CF_META), META_HEAD)? else {
             return Ok(None);
         };
-        let mut r = codec::Reader::new(&bytes, "head");
-        Ok(Some(Head {
-            number: r.u64()?,
-            hash: r.b256()?,
-            last_mini_block: r.u64()?,
-        }))
+        decode_head(&bytes).map(Some)
     }
 
     pub fn header(&self, number: u64) -> Result<Option<Header>, StoreError> {
@@ -416,9 +405,7 @@ impl StoreView<'_> {
         else {
             return Ok(None);
         };
-        Header::decode(&mut &bytes[..])
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("header {number}: {e}")))
+        decode_header(number, &bytes).map(Some)
     }
 
     pub fn trie_node(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -509,6 +496,29 @@ impl StateReader for StoreView<'_> {
         };
         Ok(keccak256(&bytes))
     }
+}
+
+/// number (8) | hash (32) | last mini-block (8).
+fn encode_head(head: &Head) -> [u8; 48] {
+    let mut out = [0u8; 48];
+    out[..8].copy_from_slice(&head.number.to_be_bytes());
+    out[8..40].copy_from_slice(head.hash.as_slice());
+    out[40..].copy_from_slice(&head.last_mini_block.to_be_bytes());
+    out
+}
+
+fn decode_head(bytes: &[u8]) -> Result<Head, StoreError> {
+    let mut r = codec::Reader::new(bytes, "head");
+    Ok(Head {
+        number: r.u64()?,
+        hash: r.b256()?,
+        last_mini_block: r.u64()?,
+    })
+}
+
+fn decode_header(number: u64, bytes: &[u8]) -> Result<Header, StoreError> {
+    Header::decode(&mut &bytes[..])
+        .map_err(|e| StoreError::Corrupt(format!("header {number}: {e}")))
 }
 
 fn storage_key(address: &Address, slot: &U256) -> [u8; 52] {
