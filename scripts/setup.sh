@@ -4,7 +4,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-apt_packages=(libclang-dev clang pkg-config libdpdk-dev dpdk libhwloc-dev libudev-dev libnuma-dev ethtool iproute2)
+apt_packages=(libclang-dev clang pkg-config libdpdk-dev dpdk dpdk-dev libhwloc-dev libudev-dev libnuma-dev ethtool iproute2)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

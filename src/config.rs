@@ -1,6 +1,11 @@
 //! Node configuration: a documented TOML file for `rtchain node`, flags for `rtchain devnet`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use rtchain_dataplane::{PollMode, tile::CoreMap};
 
 use rtchain_state::minilog::SyncMode;
 use serde::{Deserialize, Serialize};
@@ -16,6 +21,10 @@ pub struct NodeConfig {
     pub chain: ChainSection,
     pub sequencer: SequencerSection,
     pub storage: StorageSection,
+    /// The UDP fast path (docs/wire.md) and its packet I/O backend.
+    pub fastpath: FastPathSection,
+    /// Which cores run which tiles. Empty: nothing pinned (shared hosts, CI).
+    pub cores: CoreMap,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +79,52 @@ pub struct StorageSection {
     pub minilog_sync: SyncMode,
 }
 
+/// Packet I/O backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Dpdk,
+    Socket,
+    IoUring,
+}
+
+/// `[fastpath]` in the node config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FastPathSection {
+    pub enabled: bool,
+    pub backend: BackendKind,
+    /// Our address and UDP port for SubmitTx (with `dpdk`, the address our stack answers ARP for).
+    pub listen: SocketAddrV4,
+    /// UDP port that returns pktgen latency probes (and any datagram) to their sender.
+    pub reflector_port: Option<u16>,
+    /// `busy-poll` for dedicated cores; `blocking` sleeps when idle (shared hosts, CI).
+    pub poll: PollMode,
+    /// Verify tiles (sender recovery), ignored when `cores.verify` lists cores.
+    pub verify_tiles: usize,
+    /// Datagrams accepted per second from one source IPv4 address; the excess is dropped.
+    pub max_datagrams_per_source_per_sec: u32,
+    /// io_uring: kernel-side submission polling (SQPOLL).
+    pub sqpoll: bool,
+    pub dpdk: rtchain_dataplane::dpdk::DpdkConfig,
+}
+
+impl Default for FastPathSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backend: BackendKind::Socket,
+            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8547),
+            reflector_port: None,
+            poll: PollMode::Blocking,
+            verify_tiles: 1,
+            max_datagrams_per_source_per_sec: 200_000,
+            sqpoll: false,
+            dpdk: Default::default(),
+        }
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
@@ -78,6 +133,8 @@ impl Default for NodeConfig {
             chain: ChainSection::default(),
             sequencer: SequencerSection::default(),
             storage: StorageSection::default(),
+            fastpath: FastPathSection::default(),
+            cores: CoreMap::default(),
         }
     }
 }
@@ -143,6 +200,15 @@ impl NodeConfig {
         }
         if s.max_mini_block_txs == 0 || s.max_pending_txs == 0 {
             return Err("sequencer.max_mini_block_txs and max_pending_txs must be > 0".into());
+        }
+        self.cores.validate().map_err(|e| e.to_string())?;
+        if self.fastpath.enabled && self.fastpath.backend == BackendKind::Dpdk {
+            if self.fastpath.dpdk.port.is_empty() {
+                return Err("fastpath.dpdk.port must name the device (e.g. net_af_xdp0 or a PCI address) when fastpath.backend = \"dpdk\"".into());
+            }
+            if self.cores.net.len() > 1 {
+                return Err("cores.net: the node runs one net tile; list one core".into());
+            }
         }
         if self.storage.minilog_size_bytes < (1 << 20) {
             return Err("storage.minilog_size_bytes must be at least 1 MiB".into());

@@ -70,6 +70,10 @@ enum BenchCommand {
     Rpc(bench::RpcBenchArgs),
     /// The executor alone: sequential against parallel on pre-signed batches in memory.
     Exec(bench::ExecBenchArgs),
+    /// The UDP fast path: open-loop submit-to-receipt latency and sustained rate per backend.
+    Udp(bench::UdpBenchArgs),
+    /// The pktgen-compatible reflector's round trip, against dpdk-testpmd 5tswap on one rig.
+    Reflect(bench::ReflectBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -92,6 +96,12 @@ struct DevnetArgs {
     /// transactions).
     #[arg(long)]
     unsafe_no_sync: bool,
+    /// UDP fast path address (docs/wire.md); port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8547")]
+    fastpath_addr: std::net::SocketAddrV4,
+    /// Serve no UDP fast path.
+    #[arg(long)]
+    no_fastpath: bool,
 }
 
 fn main() -> ExitCode {
@@ -114,6 +124,26 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("statetest: {e}");
                 ExitCode::from(2)
+            }
+        };
+    }
+    // These own their node or port and its runtime (the DPDK backend needs a rig first and EAL
+    // once per process), so they run outside the main runtime.
+    let standalone = match &cli.command {
+        Command::Bench(BenchCommand::Udp(args)) => {
+            Some(bench::run_udp_bench(args.clone()).map(|_| ()))
+        }
+        Command::Bench(BenchCommand::Reflect(args)) => {
+            Some(bench::run_reflect_bench(args.clone()).map(|_| ()))
+        }
+        _ => None,
+    };
+    if let Some(result) = standalone {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
         };
     }
@@ -142,7 +172,11 @@ fn main() -> ExitCode {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Command::VerifyState { data_dir } => verify_state(&data_dir),
-            Command::Statetest(_) => unreachable!("handled before the runtime starts"),
+            Command::Statetest(_)
+            | Command::Bench(BenchCommand::Udp(_))
+            | Command::Bench(BenchCommand::Reflect(_)) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {
@@ -172,6 +206,8 @@ async fn devnet(args: DevnetArgs) -> Result<(), String> {
     config.rpc.addr = args.rpc_addr;
     config.chain.chain_id = args.chain_id;
     config.chain.genesis = args.genesis;
+    config.fastpath.listen = args.fastpath_addr;
+    config.fastpath.enabled = !args.no_fastpath;
     config.sequencer.block_interval_ms = args.block_interval_ms;
     config.sequencer.idle_block_interval_ms = config
         .sequencer
@@ -248,6 +284,12 @@ async fn run_node(config: NodeConfig, banner: Option<fn()>) -> Result<(), String
     let addr = node.rpc.local_addr();
     let head = node.chain.state.read().head;
     println!("rtchain {} listening", env!("CARGO_PKG_VERSION"));
+    if let Some(fastpath) = &node.fastpath {
+        println!(
+            "Fast path: udp://{} ({})",
+            fastpath.local_addr, fastpath.backend
+        );
+    }
     println!("RPC: http://{addr} (WebSocket: ws://{addr})");
     println!(
         "Chain id: {}  head block: {} ({})",

@@ -47,6 +47,10 @@ pub enum BenchError {
         source: std::io::Error,
     },
 
+    /// Setting up an in-process node, a veth rig or a client socket failed.
+    #[error("setup: {0}")]
+    Local(String),
+
     #[error("the benchmark's {0} task failed: {1}")]
     Task(&'static str, String),
 }

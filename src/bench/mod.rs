@@ -7,7 +7,8 @@
 //! is `--anvil`, which starts a throw-away anvil on a loopback port for such comparisons.
 //!
 //! `bench exec` is the other exception: it measures the executor in-process, on pre-signed
-//! batches in memory, with no node at all.
+//! batches in memory, with no node at all. `bench udp` and `bench reflect` start their node (or
+//! port) in-process too: the DPDK backend needs a veth rig built first and EAL once per process.
 //!
 //! See `docs/benchmarking.md` for what each benchmark measures and how to read its output.
 
@@ -16,8 +17,12 @@ mod chain;
 mod erc20;
 pub mod error;
 pub mod exec;
+pub mod reflect;
 pub mod report;
 pub mod rpc;
+pub mod udp;
 
 pub use exec::{ExecBenchArgs, run_exec_bench};
+pub use reflect::{ReflectBenchArgs, run_reflect_bench};
 pub use rpc::{RpcBenchArgs, run_rpc_bench};
+pub use udp::{UdpBenchArgs, run_udp_bench};

@@ -27,7 +27,7 @@ use rtchain_rpc::backend::{
 use rtchain_state::store::StoreError;
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::chain::{Chain, Submission};
+use super::chain::{Chain, Reply, Submission};
 
 pub struct NodeBackend {
     chain: Arc<Chain>,
@@ -36,6 +36,10 @@ pub struct NodeBackend {
 impl NodeBackend {
     pub fn new(chain: Arc<Chain>) -> Self {
         Self { chain }
+    }
+
+    pub fn chain(&self) -> &Arc<Chain> {
+        &self.chain
     }
 
     fn check_state_at(&self, at: StateAt) -> Result<(), BackendError> {
@@ -65,7 +69,10 @@ impl NodeBackend {
     /// geth's pool makes, so that `eth_sendRawTransaction` reports them at once. The sequencer
     /// checks again when it executes.
     /// Returns the transaction and its sender's nonce in the newest state.
-    fn admit(&self, raw: &[u8]) -> Result<(rtchain_exec::RecoveredTx, u64), BackendError> {
+    pub(super) fn admit(
+        &self,
+        raw: &[u8],
+    ) -> Result<(rtchain_exec::RecoveredTx, u64), BackendError> {
         let tx = decode_and_recover(raw, &self.chain.exec)
             .map_err(|e| BackendError::InvalidTransaction(e.to_string()))?;
         let state = self.chain.latest_state();
@@ -624,7 +631,7 @@ impl Backend for NodeBackend {
         self.chain.submit(
             Submission {
                 tx,
-                reply: Some(reply),
+                reply: Some(Reply::Rpc(reply)),
             },
             state_nonce,
         )?;

@@ -37,7 +37,15 @@ const EVENT_CAPACITY: usize = 4_096;
 /// A transaction handed to the sequencer, with where to send its receipt if someone waits.
 pub struct Submission {
     pub tx: RecoveredTx,
-    pub reply: Option<oneshot::Sender<Result<ReceiptView, BackendError>>>,
+    pub reply: Option<Reply>,
+}
+
+/// Where a transaction's outcome goes when someone waits for it.
+pub enum Reply {
+    /// A JSON-RPC caller (`eth_sendRawTransactionSync`, `realtime_sendRawTransaction`).
+    Rpc(oneshot::Sender<Result<ReceiptView, BackendError>>),
+    /// A UDP fast-path client: answered with a Receipt or Reject datagram by its net tile.
+    FastPath(super::fastpath::Ticket),
 }
 
 /// What the next EVM block needs from its parent, known as soon as the parent is closed (before

@@ -3,9 +3,10 @@
 
 mod backend;
 mod chain;
+pub mod fastpath;
 mod sequencer;
 
-use std::{sync::Arc, thread::JoinHandle};
+use std::sync::Arc;
 
 pub use backend::NodeBackend;
 pub use chain::Chain;
@@ -39,7 +40,8 @@ pub enum NodeError {
 pub struct Node {
     pub chain: Arc<Chain>,
     pub rpc: rtchain_rpc::RpcHandle,
-    sequencer: Option<JoinHandle<()>>,
+    pub fastpath: Option<fastpath::FastPath>,
+    sequencer: Option<rtchain_dataplane::tile::TileHandle<()>>,
 }
 
 impl Node {
@@ -49,8 +51,17 @@ impl Node {
         config.validate().map_err(NodeError::Config)?;
         let (chain, recovered) = chain::open(&config)?;
         let chain = Arc::new(chain);
-        let sequencer = sequencer::spawn(chain.clone(), recovered)?;
         let backend = Arc::new(NodeBackend::new(chain.clone()));
+        // The fast path starts first: the sequencer needs its reply rings.
+        let (fastpath, answers) = if config.fastpath.enabled {
+            let (fastpath, answers) =
+                fastpath::start(&config.fastpath, &config.cores, backend.clone())?;
+            (Some(fastpath), answers)
+        } else {
+            (None, fastpath::Answers::none())
+        };
+        let sequencer =
+            sequencer::spawn(chain.clone(), recovered, answers, config.cores.sequencer)?;
         let rpc_config = rtchain_rpc::RpcConfig {
             addr: config.rpc.addr,
             max_connections: config.rpc.max_connections,
@@ -61,9 +72,17 @@ impl Node {
         let rpc = rtchain_rpc::start(rpc_config, backend)
             .await
             .map_err(|e| NodeError::Rpc(e.to_string()))?;
+        if let Some(fastpath) = &fastpath {
+            tracing::info!(
+                "fast path ({}) on udp://{}",
+                fastpath.backend,
+                config.fastpath.listen
+            );
+        }
         Ok(Self {
             chain,
             rpc,
+            fastpath,
             sequencer: Some(sequencer),
         })
     }
@@ -72,6 +91,9 @@ impl Node {
     pub async fn stop(mut self) {
         self.rpc.stop();
         self.rpc.stopped().await;
+        if let Some(fastpath) = self.fastpath.take() {
+            let _ = tokio::task::spawn_blocking(move || fastpath.stop()).await;
+        }
         self.chain.shutdown();
         if let Some(handle) = self.sequencer.take() {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;

@@ -24,6 +24,7 @@ use alloy_consensus::{EMPTY_OMMER_ROOT_HASH, Header, Transaction as _};
 use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
 use alloy_primitives::{Address, B256, Bloom, Bytes};
 use alloy_trie::EMPTY_ROOT_HASH;
+use rtchain_dataplane::tile::TileHandle;
 use rtchain_exec::{
     BlockContext, MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, StateDiff, TxError,
     TxLocation, TxOutcome, TxReceipt, executor::execute_batch, receipt,
@@ -35,7 +36,8 @@ use rtchain_state::{
 
 use super::{
     NodeError,
-    chain::{Chain, ParentInfo, Recovered, Submission, next_block_context, now_us},
+    chain::{Chain, ParentInfo, Recovered, Reply, Submission, next_block_context, now_us},
+    fastpath::Answers,
 };
 
 /// Room kept in the mini-block log for the open block's seal record.
@@ -43,8 +45,6 @@ const SEAL_RESERVE_BYTES: usize = 256;
 
 /// How long the loop waits for work before checking for shutdown and idle blocks.
 const MAX_WAIT: Duration = Duration::from_millis(50);
-
-type Reply = tokio::sync::oneshot::Sender<Result<ReceiptView, BackendError>>;
 
 /// The open EVM block: its context and everything its mini-blocks produced.
 struct OpenBlock {
@@ -77,6 +77,8 @@ struct Sequencer {
     sealer: Option<Sealer>,
     to_sealer: Option<SyncSender<ClosedBlock>>,
     sealer_thread: Option<JoinHandle<()>>,
+    /// Sends outcomes to whoever waits: RPC callers and fast-path clients.
+    answers: Answers,
 }
 
 /// A block closed by the sequencer, waiting for its state root, header and commit.
@@ -96,7 +98,12 @@ struct ClosedBlock {
 /// slows execution instead of growing memory.
 const MAX_BLOCKS_IN_FLIGHT: usize = 8;
 
-pub fn spawn(chain: Arc<Chain>, recovered: Recovered) -> Result<JoinHandle<()>, NodeError> {
+pub fn spawn(
+    chain: Arc<Chain>,
+    recovered: Recovered,
+    answers: Answers,
+    core: Option<usize>,
+) -> Result<TileHandle<()>, NodeError> {
     let durable_mini = chain.state.read().head.last_mini_block;
     let chain_for_sealer = chain.clone();
     let mut sequencer = Sequencer {
@@ -112,6 +119,7 @@ pub fn spawn(chain: Arc<Chain>, recovered: Recovered) -> Result<JoinHandle<()>, 
         sealer: Some(Sealer::new(chain_for_sealer)),
         to_sealer: None,
         sealer_thread: None,
+        answers,
     };
     sequencer.replay(recovered.replay)?;
     let mut sealer = sequencer
@@ -134,22 +142,20 @@ pub fn spawn(chain: Arc<Chain>, recovered: Recovered) -> Result<JoinHandle<()>, 
         .map_err(|e| NodeError::Recovery(format!("cannot start the sealer thread: {e}")))?;
     sequencer.to_sealer = Some(to_sealer);
     sequencer.sealer_thread = Some(sealer_thread);
-    std::thread::Builder::new()
-        .name("sequencer".into())
-        .spawn(move || {
-            if let Err(e) = sequencer.run() {
-                // Storage or log failure: stop sequencing rather than acknowledge what cannot be
-                // kept. RPC keeps serving reads and refuses new transactions.
-                tracing::error!("sequencer stopped: {e}");
-                sequencer.chain.shutdown();
-            }
-            // Let the sealer finish what was closed, then stop it.
-            sequencer.to_sealer = None;
-            if let Some(handle) = sequencer.sealer_thread.take() {
-                let _ = handle.join();
-            }
-        })
-        .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
+    rtchain_dataplane::tile::spawn_tile("sequencer", core, move || {
+        if let Err(e) = sequencer.run() {
+            // Storage or log failure: stop sequencing rather than acknowledge what cannot be
+            // kept. RPC keeps serving reads and refuses new transactions.
+            tracing::error!("sequencer stopped: {e}");
+            sequencer.chain.shutdown();
+        }
+        // Let the sealer finish what was closed, then stop it.
+        sequencer.to_sealer = None;
+        if let Some(handle) = sequencer.sealer_thread.take() {
+            let _ = handle.join();
+        }
+    })
+    .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
 }
 
 impl Sequencer {
@@ -524,7 +530,7 @@ impl Sequencer {
         for view in views {
             senders.push((view.tx.sender, view.tx.envelope.nonce() + 1));
             if let Some(reply) = replies.remove(&view.tx.hash) {
-                let _ = reply.send(Ok(view));
+                self.answers.send(reply, Ok(view));
             }
         }
         open.txs.extend(txs.iter().cloned());
@@ -561,9 +567,12 @@ impl Sequencer {
                     // A replacement with the same nonce: the old one is dropped.
                     self.chain.pool.write().remove(&old.tx.hash);
                     if let Some(r) = old.reply {
-                        let _ = r.send(Err(BackendError::InvalidTransaction(
-                            "replaced by a transaction with the same nonce".into(),
-                        )));
+                        self.answers.send(
+                            r,
+                            Err(BackendError::InvalidTransaction(
+                                "replaced by a transaction with the same nonce".into(),
+                            )),
+                        );
                     }
                 } else {
                     self.queued_total += 1;
@@ -572,7 +581,7 @@ impl Sequencer {
             }
             self.chain.pool.write().remove(&tx.hash);
             if let Some(reply) = reply {
-                let _ = reply.send(Err(BackendError::PoolFull(format!(
+                self.answers.send(reply, Err(BackendError::PoolFull(format!(
                     "too many queued transactions for sender {} (nonce gap; limit {} per sender)",
                     tx.sender, limits.max_queued_per_sender
                 ))));
@@ -581,7 +590,10 @@ impl Sequencer {
         }
         self.chain.pool.write().remove(&tx.hash);
         if let Some(reply) = reply {
-            let _ = reply.send(Err(BackendError::InvalidTransaction(error.to_string())));
+            self.answers.send(
+                reply,
+                Err(BackendError::InvalidTransaction(error.to_string())),
+            );
         }
     }
 
@@ -597,9 +609,12 @@ impl Sequencer {
                 self.queued_total -= 1;
                 self.chain.pool.write().remove(&old.tx.hash);
                 if let Some(r) = old.reply {
-                    let _ = r.send(Err(BackendError::InvalidTransaction(format!(
-                        "nonce too low: address {sender}, tx: {n} state: {next_nonce}"
-                    ))));
+                    self.answers.send(
+                        r,
+                        Err(BackendError::InvalidTransaction(format!(
+                            "nonce too low: address {sender}, tx: {n} state: {next_nonce}"
+                        ))),
+                    );
                 }
             }
         }

@@ -7,6 +7,9 @@ use alloy_consensus::Header;
 use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_rlp::{Decodable, Encodable};
 use revm::{bytecode::Bytecode, state::AccountInfo};
+/// Pace of RocksDB's background writes (flush and compaction).
+const BACKGROUND_WRITE_BYTES_PER_SEC: i64 = 64 << 20;
+
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
     ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions,
@@ -122,6 +125,12 @@ impl Store {
         options.create_missing_column_families(true);
         options.increase_parallelism(2);
         options.set_max_background_jobs(2);
+        // Background flushes and compactions write in bursts that queue ahead of the mini-block
+        // log's fdatasync on the same disk (measured: submit-to-receipt p99 from 2 ms to 40-600
+        // ms on this VM). Paced writes leave the foreground sync a short queue.
+        options.set_ratelimiter(BACKGROUND_WRITE_BYTES_PER_SEC, 10_000, 10);
+        // Sync the SST files written in small steps, not one large burst at the end.
+        options.set_bytes_per_sync(1 << 20);
         let cache = Cache::new_lru_cache(256 << 20);
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf = Options::default();

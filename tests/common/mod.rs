@@ -39,6 +39,8 @@ pub fn free_port() -> u16 {
 pub struct Devnet {
     pub child: Child,
     pub port: u16,
+    /// The UDP fast path's address, as the node printed it.
+    pub fastpath: Option<std::net::SocketAddr>,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
@@ -65,8 +67,13 @@ impl Devnet {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--rpc-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(extra);
+            .arg(format!("127.0.0.1:{port}"));
+        // Tests run side by side: each node's fast path takes an ephemeral port unless the test
+        // chooses one.
+        if !extra.contains(&"--fastpath-addr") {
+            command.arg("--fastpath-addr").arg("127.0.0.1:0");
+        }
+        command.args(extra);
         Self::spawn(command, data_dir, port)
     }
 
@@ -74,6 +81,12 @@ impl Devnet {
     /// `port`, and `sections` (TOML, e.g. "[storage]\nminilog_size_bytes = 1048576")
     /// for what devnet has no flag for. The config is written next to `data_dir`.
     pub fn start_node_config(data_dir: &Path, port: u16, sections: &str) -> Self {
+        let fastpath = if sections.contains("[fastpath]") {
+            ""
+        } else {
+            "[fastpath]\nlisten = \"127.0.0.1:0\"\n"
+        };
+        let sections = format!("{sections}\n{fastpath}");
         let config = format!(
             "data_dir = {:?}\n\n[rpc]\naddr = \"127.0.0.1:{port}\"\n\n{sections}\n",
             data_dir.display().to_string()
@@ -98,16 +111,23 @@ impl Devnet {
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let mut sent = false;
+            let mut fastpath = None;
             while let Some(Ok(line)) = lines.next() {
+                // Printed before the RPC line.
+                if let Some(addr) = line.strip_prefix("Fast path: udp://") {
+                    fastpath = addr.split_whitespace().next().and_then(|a| a.parse().ok());
+                }
                 if !sent && line.starts_with("RPC: ") {
-                    let _ = tx.send(());
+                    let _ = tx.send(fastpath);
                     sent = true;
                 }
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let fastpath;
         loop {
-            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
+                fastpath = addr;
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -121,6 +141,7 @@ impl Devnet {
         Self {
             child,
             port,
+            fastpath,
             data_dir: data_dir.to_owned(),
             _temp: None,
         }

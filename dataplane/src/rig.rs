@@ -1,0 +1,189 @@
+//! A veth test rig: a network namespace holding one end of a veth pair, the other end in ours
+//! for a DPDK vdev (`net_af_xdp`, `net_af_packet`) or a kernel socket to bind. Used by the
+//! integration tests and by `rtchain bench udp|reflect`; needs root (CAP_NET_ADMIN).
+//!
+//! Everything it creates is removed on drop, and names carry the creating process's pid so that
+//! parallel test processes never collide. A namespace left behind by a killed process is
+//! removed by the next rig with the same pid, or by hand (`ip netns del rtc<pid>...`).
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RigError {
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("cannot run `ip`: {0} (install iproute2 with scripts/setup.sh)")]
+    Spawn(std::io::Error),
+    #[error("cannot enter namespace {ns}: {source}")]
+    Setns { ns: String, source: std::io::Error },
+}
+
+/// A namespace with one veth end (`ns_if`, address `ns_ip`) and the other end (`host_if`,
+/// address `host_ip`, unless the rig is for DPDK, which owns the host end without an address).
+pub struct VethRig {
+    pub ns: String,
+    pub host_if: String,
+    pub ns_if: String,
+    pub host_ip: Ipv4Addr,
+    pub ns_ip: Ipv4Addr,
+    pub host_mac: String,
+}
+
+fn run(args: &[&str]) -> Result<String, RigError> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(RigError::Spawn)?;
+    if !out.status.success() {
+        return Err(RigError::Command {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+impl VethRig {
+    /// Creates the namespace and the veth pair. With `host_address`, the host end gets
+    /// `host_ip/24` (for kernel sockets); without, it stays address-less for a DPDK vdev. Both
+    /// ends get TX checksum offload turned off: veth would otherwise hand on partial checksums
+    /// that a reflected frame carries back to a kernel that then drops it.
+    pub fn create(host_address: bool) -> Result<Self, RigError> {
+        let id = format!(
+            "{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = format!("rtc{id}");
+        let host_if = format!("rth{id}");
+        let ns_if = format!("rtn{id}");
+        let subnet = 100 + (std::process::id() % 100) as u8;
+        let third = (NEXT.load(Ordering::Relaxed) % 250) as u8;
+        let host_ip = Ipv4Addr::new(10, subnet, third, 1);
+        let ns_ip = Ipv4Addr::new(10, subnet, third, 2);
+        // Leftovers of a killed process with our pid.
+        let _ = run(&["ip", "netns", "del", &ns]);
+        let _ = run(&["ip", "link", "del", &host_if]);
+        run(&["ip", "netns", "add", &ns])?;
+        let mut rig = Self {
+            ns,
+            host_if,
+            ns_if,
+            host_ip,
+            ns_ip,
+            host_mac: String::new(),
+        };
+        let (ns, host_if, ns_if) = (rig.ns.clone(), rig.host_if.clone(), rig.ns_if.clone());
+        run(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &ns,
+        ])?;
+        if host_address {
+            run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{host_ip}/24"),
+                "dev",
+                &host_if,
+            ])?;
+        }
+        run(&["ip", "link", "set", &host_if, "up"])?;
+        run(&["ethtool", "-K", &host_if, "tx", "off"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ns_ip}/24"),
+            "dev",
+            &ns_if,
+        ])?;
+        run(&["ip", "-n", &ns, "link", "set", &ns_if, "up"])?;
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        run(&[
+            "ip", "netns", "exec", &ns, "ethtool", "-K", &ns_if, "tx", "off",
+        ])?;
+        let mac =
+            std::fs::read_to_string(format!("/sys/class/net/{host_if}/address")).map_err(|e| {
+                RigError::Command {
+                    command: format!("read {host_if} address"),
+                    stderr: e.to_string(),
+                }
+            })?;
+        rig.host_mac = mac.trim().to_string();
+        Ok(rig)
+    }
+
+    /// A static neighbour entry in the namespace for `ip` at the host end's MAC (for peers that
+    /// do not answer ARP, such as testpmd).
+    pub fn static_neighbour(&self, ip: Ipv4Addr) -> Result<(), RigError> {
+        run(&[
+            "ip",
+            "-n",
+            &self.ns,
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            &self.host_mac,
+            "dev",
+            &self.ns_if,
+        ])
+        .map(|_| ())
+    }
+
+    /// Removes any XDP program left on the host end (a DPDK `net_af_xdp` port that did not
+    /// detach, or one killed before it could), so that the next one can attach.
+    pub fn detach_xdp(&self) -> Result<(), RigError> {
+        run(&["ip", "link", "set", "dev", &self.host_if, "xdp", "off"]).map(|_| ())
+    }
+
+    /// Runs `f` on a new thread that has entered the namespace: sockets it creates live there
+    /// (and stay there when handed to other threads).
+    pub fn in_namespace<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RigError> {
+        let path = format!("/run/netns/{}", self.ns);
+        let ns = self.ns.clone();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).map_err(|source| RigError::Setns {
+                ns: ns.clone(),
+                source,
+            })?;
+            // SAFETY: setns on this thread with a namespace fd we hold open; it affects only the
+            // calling thread, which is ours alone.
+            let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if ret != 0 {
+                return Err(RigError::Setns {
+                    ns,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(RigError::Command {
+                command: "namespace thread".into(),
+                stderr: "panicked".into(),
+            })
+        })
+    }
+}
+
+impl Drop for VethRig {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end, and with it the pair.
+        let _ = run(&["ip", "netns", "del", &self.ns]);
+        let _ = run(&["ip", "link", "del", &self.host_if]);
+    }
+}

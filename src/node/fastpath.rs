@@ -1,0 +1,699 @@
+//! The UDP fast path (docs/wire.md): net tiles move datagrams between a port (DPDK, io_uring or
+//! sockets) and rings; verify tiles decode and recover senders and hand transactions to the
+//! sequencer; the sequencer's outcomes come back to the net tile as Receipt or Reject datagrams.
+//!
+//! ```text
+//! port -> net tile --(ring per verify tile)--> verify tile --mpsc--> sequencer
+//!           ^   ^                                  |                     |
+//!           |   +------ Reject/Pong ring ----------+                     |
+//!           +---------- Receipt/Reject ring -----------------------------+
+//! ```
+//!
+//! Ring policies when full (all counted in [`FastPathStats`]):
+//! - net -> verify: drop the datagram. Shedding load at the door keeps latency bounded for what
+//!   is admitted; the client sees no reply and may retry or ask JSON-RPC.
+//! - verify -> net and sequencer -> net: drop the reply. The transaction itself is not lost: it
+//!   is executed (or refused) either way, and its receipt is available over JSON-RPC. The
+//!   sequencer must never wait on a client's network.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rtchain_dataplane::{
+    Datagram, DatagramPort, PollMode, PortStats,
+    doorbell::Doorbell,
+    ring::{self, Consumer, Producer},
+    tile::{self, TileHandle},
+};
+use rtchain_rpc::backend::{BackendError, ReceiptView};
+use rtchain_wire::{self as wire, Message, RejectCode};
+
+use crate::config::{BackendKind, FastPathSection};
+
+use super::{
+    NodeBackend, NodeError,
+    chain::{Reply, Submission},
+};
+
+/// Slots in each ring between tiles: at 1.5 KiB a slot, 4,096 slots are 6 MiB per ring, about
+/// 40 ms of traffic at 100,000 datagrams/s.
+const RING_SLOTS: usize = 4_096;
+/// Datagrams moved per port call.
+const BURST: usize = 32;
+/// Empty ring checks before an idle verify tile sleeps in blocking mode (a few microseconds:
+/// cheaper than a wake-up when traffic is steady).
+const IDLE_SPINS: u32 = 500;
+/// Empty receive calls before an idle net tile sleeps in blocking mode. Each is a system call
+/// with the socket backends, so few: spinning on them took a third of a 2-core machine.
+const NET_IDLE_POLLS: u32 = 8;
+/// Longest sleep of an idle tile (it also checks for shutdown this often).
+const MAX_SLEEP: Duration = Duration::from_millis(50);
+/// Rate-limit window: per-source counters reset this often.
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+/// Counters are logged this often while they change.
+const STATS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Distinct sources tracked per window; new sources beyond it are dropped until the window ends,
+/// so a spoofed-source flood cannot grow memory.
+const MAX_TRACKED_SOURCES: usize = 65_536;
+
+/// Where the sequencer sends a fast-path transaction's outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticket {
+    /// Net tile that received it (and owns the port to answer through).
+    pub route: u16,
+    pub peer: SocketAddrV4,
+    pub local_port: u16,
+    pub request_id: u64,
+    pub index: u16,
+    pub tx_hash: [u8; 32],
+}
+
+/// Counters of the fast path, beside each port's own.
+#[derive(Debug, Default)]
+pub struct FastPathStats {
+    pub submitted: AtomicU64,
+    pub receipts: AtomicU64,
+    pub rejects: AtomicU64,
+    pub malformed: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub verify_ring_full: AtomicU64,
+    pub reply_ring_full: AtomicU64,
+    pub ignored: AtomicU64,
+}
+
+/// A reply ring into one net tile.
+struct Outbox {
+    ring: Producer<Datagram>,
+    bell: Doorbell,
+}
+
+impl Outbox {
+    /// Encodes a reply straight into a ring slot; drops it (counted) when the ring is full.
+    fn push(
+        &mut self,
+        stats: &FastPathStats,
+        peer: SocketAddrV4,
+        local_port: u16,
+        encode: impl FnOnce(&mut [u8]) -> usize,
+    ) {
+        let Some(slot) = self.ring.reserve() else {
+            stats.reply_ring_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        slot.peer = peer;
+        slot.local_port = local_port;
+        slot.len = encode(&mut slot.data[..wire::MAX_DATAGRAM]) as u16;
+        self.ring.commit();
+        self.bell.ring();
+    }
+}
+
+/// The sequencer's side: sends each outcome to an RPC waiter or a net tile's reply ring.
+pub struct Answers {
+    outboxes: Vec<Outbox>,
+    stats: Arc<FastPathStats>,
+}
+
+impl Answers {
+    pub fn none() -> Self {
+        Self {
+            outboxes: Vec::new(),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn send(&mut self, reply: Reply, result: Result<ReceiptView, BackendError>) {
+        match reply {
+            Reply::Rpc(sender) => {
+                let _ = sender.send(result);
+            }
+            Reply::FastPath(ticket) => {
+                let Some(outbox) = self.outboxes.get_mut(ticket.route as usize) else {
+                    return;
+                };
+                match result {
+                    Ok(view) => {
+                        self.stats.receipts.fetch_add(1, Ordering::Relaxed);
+                        let receipt = wire::Receipt {
+                            request_id: ticket.request_id,
+                            index: ticket.index,
+                            tx_hash: view.tx.hash.0,
+                            status: if alloy_consensus::TxReceipt::status(&view.receipt.receipt) {
+                                wire::TxStatus::Success
+                            } else {
+                                wire::TxStatus::Reverted
+                            },
+                            gas_used: view.receipt.gas_used,
+                            mini_block: view.location.mini_block_number,
+                            block_number: view.location.block_number,
+                            tx_index: view.location.index as u32,
+                        };
+                        outbox.push(&self.stats, ticket.peer, ticket.local_port, |buf| {
+                            wire::encode_receipt(buf, &receipt)
+                        });
+                    }
+                    Err(error) => {
+                        self.stats.rejects.fetch_add(1, Ordering::Relaxed);
+                        let code = reject_code(&error);
+                        let reason = error.to_string();
+                        outbox.push(&self.stats, ticket.peer, ticket.local_port, |buf| {
+                            wire::encode_reject(
+                                buf,
+                                ticket.request_id,
+                                ticket.index,
+                                &ticket.tx_hash,
+                                code,
+                                &reason,
+                            )
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The wire code for a refusal. The node's errors carry geth's wording (what JSON-RPC clients
+/// match on), so the code is read from it here, in one place.
+pub fn reject_code(error: &BackendError) -> RejectCode {
+    match error {
+        BackendError::AlreadyKnown => RejectCode::AlreadyKnown,
+        BackendError::Unavailable(_) => RejectCode::Unavailable,
+        BackendError::PoolFull(text) if text.contains("queued") || text.contains("nonce gap") => {
+            RejectCode::NonceGap
+        }
+        BackendError::PoolFull(_) => RejectCode::TxpoolFull,
+        BackendError::InvalidTransaction(text) => {
+            let rules: [(&str, RejectCode); 12] = [
+                ("nonce too low", RejectCode::NonceTooLow),
+                ("insufficient funds", RejectCode::InsufficientFunds),
+                ("intrinsic gas too low", RejectCode::IntrinsicGas),
+                ("invalid chain id", RejectCode::WrongChainId),
+                ("replay-protected", RejectCode::WrongChainId),
+                ("invalid sender", RejectCode::InvalidSignature),
+                ("v, r, s", RejectCode::InvalidSignature),
+                ("exceeds block gas limit", RejectCode::GasLimit),
+                ("less than block base fee", RejectCode::FeeTooLow),
+                ("oversized", RejectCode::Oversized),
+                ("not supported", RejectCode::UnsupportedTxType),
+                ("rlp", RejectCode::Malformed),
+            ];
+            rules
+                .iter()
+                .find(|(needle, _)| text.contains(needle))
+                .map_or(RejectCode::Other, |(_, code)| *code)
+        }
+        _ => RejectCode::Other,
+    }
+}
+
+/// The running fast path: its tiles, their counters, and how to stop them.
+pub struct FastPath {
+    pub stats: Arc<FastPathStats>,
+    pub port_stats: Vec<Arc<parking_lot::Mutex<PortStats>>>,
+    pub backend: &'static str,
+    /// The address the port serves (the port the kernel chose, for a configured port 0).
+    pub local_addr: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+    tiles: Vec<TileHandle<()>>,
+}
+
+impl FastPathStats {
+    /// One line of counters: what an operator watches for drops and refusals.
+    pub fn summary(&self, port: &PortStats) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "rx {} tx {} submitted {} receipts {} rejects {} malformed {} rate_limited {} verify_ring_full {} reply_ring_full {} | port: rx_dropped {} tx_dropped {} bad_frames {} fragments {} no_buffers {} reflected {} arp_replies {}",
+            port.rx_packets,
+            port.tx_packets,
+            get(&self.submitted),
+            get(&self.receipts),
+            get(&self.rejects),
+            get(&self.malformed),
+            get(&self.rate_limited),
+            get(&self.verify_ring_full),
+            get(&self.reply_ring_full),
+            port.rx_dropped,
+            port.tx_dropped,
+            port.bad_frames,
+            port.fragments,
+            port.no_buffers,
+            port.reflected,
+            port.arp_replies,
+        )
+    }
+}
+
+impl FastPath {
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        for tile in self.tiles.drain(..) {
+            let _ = tile.join();
+        }
+        if let Some(port) = self.port_stats.first() {
+            tracing::info!("fast path stopped: {}", self.stats.summary(&port.lock()));
+        }
+    }
+}
+
+/// Per-source fixed-window rate limit.
+struct RateLimit {
+    per_window: u32,
+    window_start: Instant,
+    counts: HashMap<Ipv4Addr, u32>,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let windows_per_second =
+            (Duration::from_secs(1).as_micros() / RATE_WINDOW.as_micros()) as u32;
+        Self {
+            per_window: (per_second / windows_per_second).max(1),
+            window_start: Instant::now(),
+            counts: HashMap::with_capacity(1_024),
+        }
+    }
+
+    fn admit(&mut self, now: Instant, source: Ipv4Addr) -> bool {
+        if now.duration_since(self.window_start) >= RATE_WINDOW {
+            self.window_start = now;
+            self.counts.clear();
+        }
+        if let Some(count) = self.counts.get_mut(&source) {
+            *count += 1;
+            return *count <= self.per_window;
+        }
+        if self.counts.len() >= MAX_TRACKED_SOURCES {
+            return false;
+        }
+        self.counts.insert(source, 1);
+        true
+    }
+}
+
+/// Everything one net tile owns.
+struct NetTile {
+    route: u16,
+    to_verify: Vec<(Producer<Datagram>, Doorbell)>,
+    replies: Vec<Consumer<Datagram>>,
+    poll: PollMode,
+    bell: Doorbell,
+    stats: Arc<FastPathStats>,
+    port_stats: Arc<parking_lot::Mutex<PortStats>>,
+    limit: RateLimit,
+    stop: Arc<AtomicBool>,
+}
+
+impl NetTile {
+    /// Runs on the thread that opened `port` (DPDK's EAL is bound to it).
+    fn run(mut self, mut port: Box<dyn DatagramPort>) {
+        let mut rx: Vec<Datagram> = (0..BURST).map(|_| Datagram::empty()).collect();
+        let mut tx: Vec<Datagram> = (0..BURST).map(|_| Datagram::empty()).collect();
+        let mut idle = 0u32;
+        let mut last_stats = Instant::now();
+        let mut last_log = Instant::now();
+        let mut logged = PortStats::default();
+        while !self.stop.load(Ordering::Relaxed) {
+            let received = match port.recv_burst(&mut rx) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!("fast path net tile {}: receive failed: {e}", self.route);
+                    0
+                }
+            };
+            if received > 0 {
+                self.dispatch(&rx[..received]);
+            }
+            let sent = self.send_replies(port.as_mut(), &mut tx);
+            let now = Instant::now();
+            if now.duration_since(last_stats) >= Duration::from_millis(100) {
+                let stats = port.stats();
+                *self.port_stats.lock() = stats;
+                last_stats = now;
+                if now.duration_since(last_log) >= STATS_LOG_INTERVAL && stats != logged {
+                    tracing::info!("fast path: {}", self.stats.summary(&stats));
+                    logged = stats;
+                    last_log = now;
+                }
+            }
+            if received + sent > 0 {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if self.poll == PollMode::Blocking && idle > NET_IDLE_POLLS {
+                self.bell.prepare_sleep();
+                if self.replies.iter().all(|r| r.is_empty())
+                    && let Err(e) = port.wait(MAX_SLEEP)
+                {
+                    tracing::error!("fast path net tile {}: wait failed: {e}", self.route);
+                }
+                self.bell.awake();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        *self.port_stats.lock() = port.stats();
+    }
+
+    fn dispatch(&mut self, datagrams: &[Datagram]) {
+        let now = Instant::now();
+        for d in datagrams {
+            if !self.limit.admit(now, *d.peer.ip()) {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // One source always goes to the same verify tile, so its transactions reach the
+            // sequencer in the order it sent them (nonce order).
+            let index = source_hash(d.peer) % self.to_verify.len();
+            let (ring, bell) = &mut self.to_verify[index];
+            match ring.reserve() {
+                Some(slot) => {
+                    slot.peer = d.peer;
+                    slot.local_port = d.local_port;
+                    slot.len = d.len;
+                    slot.data[..d.len as usize].copy_from_slice(d.payload());
+                    ring.commit();
+                    bell.ring();
+                }
+                None => {
+                    self.stats.verify_ring_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn send_replies(&mut self, port: &mut dyn DatagramPort, tx: &mut [Datagram]) -> usize {
+        let mut total = 0;
+        for ring in &mut self.replies {
+            loop {
+                let mut n = 0;
+                while n < tx.len() {
+                    let Some(reply) = ring.peek() else { break };
+                    tx[n].peer = reply.peer;
+                    tx[n].local_port = reply.local_port;
+                    tx[n].len = reply.len;
+                    tx[n].data[..reply.len as usize].copy_from_slice(reply.payload());
+                    ring.release();
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                let mut sent = 0;
+                // A full TX queue is retried a bounded number of times, then the rest is dropped
+                // (the port counts it): a stuck NIC must not stall receiving.
+                for _ in 0..64 {
+                    match port.send_burst(&tx[sent..n]) {
+                        Ok(k) => sent += k,
+                        Err(e) => {
+                            tracing::warn!("fast path net tile {}: send failed: {e}", self.route);
+                            break;
+                        }
+                    }
+                    if sent >= n {
+                        break;
+                    }
+                }
+                total += n;
+                if n < tx.len() {
+                    break;
+                }
+            }
+        }
+        total
+    }
+}
+
+fn source_hash(peer: SocketAddrV4) -> usize {
+    let ip = u32::from(*peer.ip()) as u64;
+    let mixed = (ip << 16 | peer.port() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as usize
+}
+
+/// Everything one verify tile owns.
+struct VerifyTile {
+    backend: Arc<NodeBackend>,
+    inbox: Vec<Consumer<Datagram>>,
+    /// Reject and Pong rings, one per net tile (indexed by route).
+    outboxes: Vec<Outbox>,
+    poll: PollMode,
+    stats: Arc<FastPathStats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VerifyTile {
+    /// `bell` wakes this tile's thread (made on it).
+    fn run(mut self, bell: Doorbell) {
+        let mut idle = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut worked = false;
+            for route in 0..self.inbox.len() {
+                while let Some(d) = self.inbox[route].peek() {
+                    let d = d.clone();
+                    self.inbox[route].release();
+                    self.handle(route as u16, &d);
+                    worked = true;
+                }
+            }
+            if worked {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if self.poll == PollMode::Blocking && idle > IDLE_SPINS {
+                let inbox = &self.inbox;
+                bell.sleep_unless(MAX_SLEEP, || inbox.iter().any(|r| !r.is_empty()));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    fn handle(&mut self, route: u16, d: &Datagram) {
+        let stats = self.stats.clone();
+        let outbox = &mut self.outboxes[route as usize];
+        let message = match wire::decode(d.payload()) {
+            Ok(message) => message,
+            Err(error) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                // Answer only a readable request header: never a reply, never garbage.
+                if let (Some(code), Ok(header)) =
+                    (error.reject_code(), wire::decode_header(d.payload()))
+                    && header.msg_type == wire::MsgType::SubmitTx as u8
+                {
+                    let reason = error.to_string();
+                    outbox.push(&stats, d.peer, d.local_port, |buf| {
+                        wire::encode_reject(
+                            buf,
+                            header.request_id,
+                            wire::INDEX_WHOLE_DATAGRAM,
+                            &[0; 32],
+                            code,
+                            &reason,
+                        )
+                    });
+                }
+                return;
+            }
+        };
+        match message {
+            Message::SubmitTx { request_id, txs } => {
+                for (index, raw) in txs.enumerate() {
+                    let index = index as u16;
+                    stats.submitted.fetch_add(1, Ordering::Relaxed);
+                    let admitted = self.backend.admit(raw);
+                    let result = admitted.and_then(|(tx, state_nonce)| {
+                        let ticket = Ticket {
+                            route,
+                            peer: d.peer,
+                            local_port: d.local_port,
+                            request_id,
+                            index,
+                            tx_hash: tx.hash.0,
+                        };
+                        self.backend.chain().submit(
+                            Submission {
+                                tx,
+                                reply: Some(Reply::FastPath(ticket)),
+                            },
+                            state_nonce,
+                        )
+                    });
+                    if let Err(error) = result {
+                        stats.rejects.fetch_add(1, Ordering::Relaxed);
+                        let code = reject_code(&error);
+                        let reason = error.to_string();
+                        let hash = alloy_primitives::keccak256(raw).0;
+                        outbox.push(&stats, d.peer, d.local_port, |buf| {
+                            wire::encode_reject(buf, request_id, index, &hash, code, &reason)
+                        });
+                    }
+                }
+            }
+            Message::Ping {
+                request_id,
+                timestamp_ns,
+            } => outbox.push(&stats, d.peer, d.local_port, |buf| {
+                wire::encode_pong(buf, request_id, timestamp_ns)
+            }),
+            // Replies are never answered: two endpoints cannot be made to bounce datagrams.
+            Message::Receipt(_) | Message::Reject(_) | Message::Pong { .. } => {
+                stats.ignored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Opens the configured port(s) and starts the net and verify tiles. Returns the fast path and
+/// the sequencer's [`Answers`].
+pub fn start(
+    config: &FastPathSection,
+    cores: &tile::CoreMap,
+    backend: Arc<NodeBackend>,
+) -> Result<(FastPath, Answers), NodeError> {
+    let err = |e: String| NodeError::Config(format!("fastpath: {e}"));
+    let stats = Arc::new(FastPathStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let verify_count = if cores.verify.is_empty() {
+        config.verify_tiles.max(1)
+    } else {
+        cores.verify.len()
+    };
+
+    // The port is opened on the first net tile's thread, after it is pinned: DPDK's EAL binds
+    // its calling thread, and the port's memory should be local to that core.
+    let port_config = rtchain_dataplane::PortConfig {
+        backend: match config.backend {
+            BackendKind::Dpdk => rtchain_dataplane::Backend::Dpdk,
+            BackendKind::Socket => rtchain_dataplane::Backend::Socket,
+            BackendKind::IoUring => rtchain_dataplane::Backend::IoUring,
+        },
+        listen: config.listen,
+        reflector_port: config.reflector_port,
+        poll: config.poll,
+        sqpoll: config.sqpoll,
+        dpdk: config.dpdk.clone(),
+    };
+    let net_core = cores.net.first().copied();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Option<NetTile>>();
+    let opener = tile::spawn_tile("net-0", net_core, move || {
+        let opened = rtchain_dataplane::open_port(&port_config);
+        let port = match opened {
+            Ok(port) => {
+                let _ = port_tx.send(Ok((port.waker(), port.local_addr())));
+                port
+            }
+            Err(e) => {
+                let _ = port_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        // Wait for the rings (built once the port's waker is known), then run.
+        if let Ok(Some(tile)) = go_rx.recv() {
+            tile.run(port);
+        }
+    })
+    .map_err(|e| err(e.to_string()))?;
+    let (waker, local_addr) = match port_rx.recv() {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => {
+            let _ = opener.join();
+            return Err(err(e));
+        }
+        Err(_) => return Err(err("the net tile stopped while opening its port".into())),
+    };
+    let net_bell = Doorbell::for_port(waker);
+
+    let route = 0u16;
+    let mut to_verify = Vec::new();
+    let mut verify_inboxes = Vec::new();
+    let mut verify_outboxes = Vec::new();
+    let mut net_replies = Vec::new();
+    for _ in 0..verify_count {
+        let (p, c) = ring::channel_with(RING_SLOTS, Datagram::empty);
+        verify_inboxes.push(c);
+        to_verify.push(p);
+        let (p, c) = ring::channel_with(RING_SLOTS, Datagram::empty);
+        verify_outboxes.push(Outbox {
+            ring: p,
+            bell: net_bell.clone(),
+        });
+        net_replies.push(c);
+    }
+    let (seq_p, seq_c) = ring::channel_with(RING_SLOTS, Datagram::empty);
+    net_replies.push(seq_c);
+    let answers = Answers {
+        outboxes: vec![Outbox {
+            ring: seq_p,
+            bell: net_bell.clone(),
+        }],
+        stats: stats.clone(),
+    };
+
+    let mut tiles = Vec::new();
+    let mut verify_bells = Vec::new();
+    for (i, (inbox, outbox)) in verify_inboxes.into_iter().zip(verify_outboxes).enumerate() {
+        let (bell_tx, bell_rx) = std::sync::mpsc::channel();
+        let tile = VerifyTile {
+            backend: backend.clone(),
+            inbox: vec![inbox],
+            outboxes: vec![outbox],
+            poll: config.poll,
+            stats: stats.clone(),
+            stop: stop.clone(),
+        };
+        let handle = tile::spawn_tile(
+            &format!("verify-{i}"),
+            cores.verify.get(i).copied(),
+            move || {
+                let bell = Doorbell::for_current_thread();
+                let _ = bell_tx.send(bell.clone());
+                tile.run(bell);
+            },
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let bell = bell_rx
+            .recv()
+            .map_err(|_| err("a verify tile stopped at start".into()))?;
+        verify_bells.push(bell);
+        tiles.push(handle);
+    }
+    let port_stats = Arc::new(parking_lot::Mutex::new(PortStats::default()));
+    let net = NetTile {
+        route,
+        to_verify: to_verify.into_iter().zip(verify_bells).collect(),
+        replies: net_replies,
+        poll: config.poll,
+        bell: net_bell,
+        stats: stats.clone(),
+        port_stats: port_stats.clone(),
+        limit: RateLimit::new(config.max_datagrams_per_source_per_sec),
+        stop: stop.clone(),
+    };
+    let _ = go_tx.send(Some(net));
+    tiles.push(opener);
+    Ok((
+        FastPath {
+            stats,
+            port_stats: vec![port_stats],
+            backend: match config.backend {
+                BackendKind::Dpdk => "dpdk",
+                BackendKind::Socket => "socket",
+                BackendKind::IoUring => "io-uring",
+            },
+            local_addr,
+            stop,
+            tiles,
+        },
+        answers,
+    ))
+}
