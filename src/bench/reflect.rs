@@ -46,6 +46,9 @@ pub struct ReflectBenchArgs {
     /// Seconds of probing for each of the two reflectors.
     #[arg(long = "duration", value_name = "SECONDS", default_value_t = 5)]
     pub duration_s: u64,
+    /// io-uring only: kernel-side submission polling (SQPOLL).
+    #[arg(long)]
+    pub sqpoll: bool,
     /// Skip the dpdk-testpmd baseline.
     #[arg(long)]
     pub no_testpmd: bool,
@@ -76,6 +79,7 @@ pub struct ReflectBenchResult {
     pub testpmd_lost: u64,
     /// Our p50 over testpmd's (1.0 = as fast as testpmd).
     pub ratio_p50: Option<f64>,
+    pub sqpoll: bool,
     pub port: PortStats,
     pub machine: Machine,
     pub commit: String,
@@ -301,7 +305,7 @@ pub fn run_reflect_bench(args: ReflectBenchArgs) -> Result<ReflectBenchResult, B
         listen: SocketAddrV4::new(rig.host_ip, REFLECTOR_PORT + 1),
         reflector_port: Some(REFLECTOR_PORT),
         poll: PollMode::BusyPoll,
-        sqpoll: false,
+        sqpoll: args.sqpoll,
         dpdk,
     };
     // testpmd first: a DPDK process that quits cleanly leaves the interface free, while this
@@ -400,6 +404,7 @@ pub fn run_reflect_bench(args: ReflectBenchArgs) -> Result<ReflectBenchResult, B
             (Some(a), Some(b)) if b > 0.0 => Some((a / b * 100.0).round() / 100.0),
             _ => None,
         },
+        sqpoll: args.sqpoll,
         port,
         machine: Machine::current(),
         commit: current_commit(),

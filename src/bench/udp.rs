@@ -98,6 +98,9 @@ pub struct UdpBenchArgs {
     /// How the node's net and verify tiles wait.
     #[arg(long, value_enum, default_value_t = PollArg::Blocking)]
     pub poll: PollArg,
+    /// io-uring only: kernel-side submission polling (SQPOLL).
+    #[arg(long)]
+    pub sqpoll: bool,
     /// Verify tiles (sender recovery).
     #[arg(long, default_value_t = 1)]
     pub verify_tiles: usize,
@@ -120,6 +123,7 @@ pub struct UdpBenchResult {
     pub sync_mode: &'static str,
     pub poll: &'static str,
     pub verify_tiles: usize,
+    pub sqpoll: bool,
     pub sent: u64,
     /// Receipt datagrams (status success).
     pub received: u64,
@@ -356,6 +360,7 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
         poll,
     )?;
     config.fastpath.verify_tiles = args.verify_tiles.max(1);
+    config.fastpath.sqpoll = args.sqpoll;
     config.storage.minilog_sync = match args.sync {
         SyncArg::Always => rtchain_state::minilog::SyncMode::Always,
         SyncArg::Off => rtchain_state::minilog::SyncMode::Off,
@@ -405,6 +410,7 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
             PollMode::Blocking => "blocking",
         },
         verify_tiles: args.verify_tiles.max(1),
+        sqpoll: args.sqpoll,
         sent: total,
         received: outcome.received,
         errors: total - outcome.received,

@@ -432,6 +432,16 @@ impl NetTile {
     }
 }
 
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 fn source_hash(peer: SocketAddrV4) -> usize {
     let ip = u32::from(*peer.ip()) as u64;
     let mixed = (ip << 16 | peer.port() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -484,20 +494,18 @@ impl VerifyTile {
             Ok(message) => message,
             Err(error) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
-                // Answer only a readable request header: never a reply, never garbage.
-                if let (Some(code), Ok(header)) =
-                    (error.reject_code(), wire::decode_header(d.payload()))
-                    && header.msg_type == wire::MsgType::SubmitTx as u8
-                {
-                    let reason = error.to_string();
+                tracing::debug!("fast path: malformed datagram from {}: {error}", d.peer);
+                // Whole-datagram rejects carry no reason text: a spoofed source must not get
+                // more bytes than it sent (docs/wire.md, "Amplification").
+                if let Some((request_id, code)) = wire::error_reply(d.payload(), &error) {
                     outbox.push(&stats, d.peer, d.local_port, |buf| {
                         wire::encode_reject(
                             buf,
-                            header.request_id,
+                            request_id,
                             wire::INDEX_WHOLE_DATAGRAM,
                             &[0; 32],
                             code,
-                            &reason,
+                            "",
                         )
                     });
                 }
@@ -530,7 +538,10 @@ impl VerifyTile {
                     if let Err(error) = result {
                         stats.rejects.fetch_add(1, Ordering::Relaxed);
                         let code = reject_code(&error);
-                        let reason = error.to_string();
+                        // The reason is cut to the transaction's own length, so that a Reject
+                        // is at most 38 bytes longer than the SubmitTx that caused it.
+                        let mut reason = error.to_string();
+                        truncate_at_char(&mut reason, raw.len());
                         let hash = alloy_primitives::keccak256(raw).0;
                         outbox.push(&stats, d.peer, d.local_port, |buf| {
                             wire::encode_reject(buf, request_id, index, &hash, code, &reason)
