@@ -67,6 +67,9 @@ pub struct SequencerSection {
     pub max_queued_per_sender: usize,
     /// Bound on future-nonce transactions held in total.
     pub max_queued_total: usize,
+    /// Threads executing a mini-block (Block-STM style; results equal sequential execution).
+    /// 0: one per CPU this process may use (or one per `cores.exec` entry). 1: sequential.
+    pub exec_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +174,7 @@ impl Default for SequencerSection {
             max_pending_txs: 65_536,
             max_queued_per_sender: 64,
             max_queued_total: 16_384,
+            exec_threads: 0,
         }
     }
 }

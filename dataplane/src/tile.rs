@@ -294,7 +294,9 @@ where
 }
 
 /// Pins the calling thread to `core` and checks that the kernel applied it.
-fn pin_current_thread(core: usize) -> Result<(), String> {
+/// Pins the calling thread to `core` and checks that it took (for threads another library
+/// spawns, such as an executor's worker pool; tiles use [`spawn_tile`]).
+pub fn pin_current_thread(core: usize) -> Result<(), String> {
     // `core_affinity` builds a fixed `cpu_set_t` (1024 CPUs) and indexes it without a bounds
     // check, so larger numbers must not reach it.
     let setsize = libc::CPU_SETSIZE as usize;

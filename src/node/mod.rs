@@ -60,8 +60,7 @@ impl Node {
         } else {
             (None, fastpath::Answers::none())
         };
-        let sequencer =
-            sequencer::spawn(chain.clone(), recovered, answers, config.cores.sequencer)?;
+        let sequencer = sequencer::spawn(chain.clone(), recovered, answers, &config.cores)?;
         let rpc_config = rtchain_rpc::RpcConfig {
             addr: config.rpc.addr,
             max_connections: config.rpc.max_connections,

@@ -24,10 +24,10 @@ use alloy_consensus::{EMPTY_OMMER_ROOT_HASH, Header, Transaction as _};
 use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
 use alloy_primitives::{Address, B256, Bloom, Bytes};
 use alloy_trie::EMPTY_ROOT_HASH;
-use rtchain_dataplane::tile::TileHandle;
+use rtchain_dataplane::tile::{CoreMap, TileHandle};
 use rtchain_exec::{
-    BlockContext, MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, StateDiff, TxError,
-    TxLocation, TxOutcome, TxReceipt, executor::execute_batch, receipt,
+    BlockContext, MiniBlock, MiniBlockHeader, ParallelConfig, ParallelExecutor, RecoveredTx,
+    SealedBlock, StateDiff, TxError, TxLocation, TxOutcome, TxReceipt, receipt,
 };
 use rtchain_rpc::backend::{BackendError, ChainEvent, ReceiptView};
 use rtchain_state::{
@@ -79,6 +79,9 @@ struct Sequencer {
     sealer_thread: Option<JoinHandle<()>>,
     /// Sends outcomes to whoever waits: RPC callers and fast-path clients.
     answers: Answers,
+    /// Executes mini-blocks; decides per batch whether to speculate in parallel or run
+    /// sequentially (one thread configured, small or cheap batches, conflict-heavy history).
+    executor: ParallelExecutor,
 }
 
 /// A block closed by the sequencer, waiting for its state root, header and commit.
@@ -102,8 +105,10 @@ pub fn spawn(
     chain: Arc<Chain>,
     recovered: Recovered,
     answers: Answers,
-    core: Option<usize>,
+    cores: &CoreMap,
 ) -> Result<TileHandle<()>, NodeError> {
+    let core = cores.sequencer;
+    let executor = executor(chain.sequencer.exec_threads, cores)?;
     let durable_mini = chain.state.read().head.last_mini_block;
     let chain_for_sealer = chain.clone();
     let mut sequencer = Sequencer {
@@ -120,6 +125,7 @@ pub fn spawn(
         to_sealer: None,
         sealer_thread: None,
         answers,
+        executor,
     };
     sequencer.replay(recovered.replay)?;
     let mut sealer = sequencer
@@ -156,6 +162,28 @@ pub fn spawn(
         }
     })
     .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
+}
+
+/// The mini-block executor: `threads` (0: one per `cores.exec` entry, else one per allowed CPU),
+/// the calling sequencer thread included; workers pinned to `cores.exec` when it lists cores.
+fn executor(threads: usize, cores: &CoreMap) -> Result<ParallelExecutor, NodeError> {
+    let threads = match threads {
+        0 if !cores.exec.is_empty() => cores.exec.len(),
+        0 => rtchain_dataplane::tile::allowed_cpus()
+            .map_err(|e| NodeError::Config(e.to_string()))?
+            .len(),
+        n => n,
+    };
+    // Workers are the pool's threads (the sequencer is the last executor thread).
+    let worker_cores: Vec<usize> = cores.exec.iter().skip(1).copied().collect();
+    ParallelExecutor::with_thread_start(ParallelConfig::with_threads(threads), move |i| {
+        if let Some(&core) = worker_cores.get(i)
+            && let Err(e) = rtchain_dataplane::tile::pin_current_thread(core)
+        {
+            tracing::error!("exec worker {i}: cannot pin to core {core}: {e}");
+        }
+    })
+    .map_err(|e| NodeError::Config(format!("cannot start the executor's threads: {e}")))
 }
 
 impl Sequencer {
@@ -373,7 +401,7 @@ impl Sequencer {
             }
             txs.push(s.tx);
         }
-        let result = execute_batch(
+        let result = self.executor.execute_batch(
             &self.chain.exec,
             &ctx,
             self.chain.latest_state(),
