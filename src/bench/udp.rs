@@ -101,6 +101,9 @@ pub struct UdpBenchArgs {
     /// io-uring only: kernel-side submission polling (SQPOLL).
     #[arg(long)]
     pub sqpoll: bool,
+    /// The node's `sequencer.exec_threads` (0: one per CPU; 1: sequential execution).
+    #[arg(long, default_value_t = 0)]
+    pub exec_threads: usize,
     /// Verify tiles (sender recovery).
     #[arg(long, default_value_t = 1)]
     pub verify_tiles: usize,
@@ -124,6 +127,7 @@ pub struct UdpBenchResult {
     pub poll: &'static str,
     pub verify_tiles: usize,
     pub sqpoll: bool,
+    pub exec_threads: usize,
     pub sent: u64,
     /// Receipt datagrams (status success).
     pub received: u64,
@@ -361,6 +365,7 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
     )?;
     config.fastpath.verify_tiles = args.verify_tiles.max(1);
     config.fastpath.sqpoll = args.sqpoll;
+    config.sequencer.exec_threads = args.exec_threads;
     config.storage.minilog_sync = match args.sync {
         SyncArg::Always => rtchain_state::minilog::SyncMode::Always,
         SyncArg::Off => rtchain_state::minilog::SyncMode::Off,
@@ -411,6 +416,7 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
         },
         verify_tiles: args.verify_tiles.max(1),
         sqpoll: args.sqpoll,
+        exec_threads: args.exec_threads,
         sent: total,
         received: outcome.received,
         errors: total - outcome.received,
