@@ -5,6 +5,7 @@
 
 mod bench;
 mod config;
+mod keys;
 mod node;
 mod statetest;
 
@@ -39,12 +40,29 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Validator keys (ed25519) for BFT replication.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Recomputes the state root of a stopped node's data directory from the flat state alone
     /// and compares it with the newest header's stateRoot (crash tests; exits 1 on mismatch).
     #[command(hide = true)]
     VerifyState {
         #[arg(long)]
         data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Creates a new validator key file (mode 0600, never overwritten) and prints its public key.
+    Generate {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Prints the public key of a validator key file.
+    Show {
+        #[arg(value_name = "FILE")]
+        key: PathBuf,
     },
 }
 
@@ -172,6 +190,12 @@ fn main() -> ExitCode {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Command::VerifyState { data_dir } => verify_state(&data_dir),
+            Command::Keys(KeysCommand::Generate { out }) => keys::generate(&out)
+                .map(|key| println!("{}", keys::public_hex(&key)))
+                .map_err(|e| e.to_string()),
+            Command::Keys(KeysCommand::Show { key }) => keys::load(&key)
+                .map(|key| println!("{}", keys::public_hex(&key)))
+                .map_err(|e| e.to_string()),
             Command::Statetest(_)
             | Command::Bench(BenchCommand::Udp(_))
             | Command::Bench(BenchCommand::Reflect(_)) => {
