@@ -67,8 +67,9 @@ pub struct SequencerSection {
     pub max_queued_per_sender: usize,
     /// Bound on future-nonce transactions held in total.
     pub max_queued_total: usize,
-    /// Threads executing a mini-block (Block-STM style; results equal sequential execution).
-    /// 0: one per CPU this process may use (or one per `cores.exec` entry). 1: sequential.
+    /// Threads executing a mini-block, the sequencer's own included (Block-STM style; results
+    /// equal sequential execution). 0: one per CPU this process may use, or the sequencer plus
+    /// one worker per `cores.exec` entry. 1: sequential.
     pub exec_threads: usize,
 }
 
@@ -206,6 +207,16 @@ impl NodeConfig {
             return Err("sequencer.max_mini_block_txs and max_pending_txs must be > 0".into());
         }
         self.cores.validate().map_err(|e| e.to_string())?;
+        let f = &self.fastpath;
+        if f.verify_tiles == 0 || f.verify_tiles > crate::node::fastpath::MAX_VERIFY_TILES {
+            return Err(format!(
+                "fastpath.verify_tiles must be between 1 and {}",
+                crate::node::fastpath::MAX_VERIFY_TILES
+            ));
+        }
+        if f.max_datagrams_per_source_per_sec < 10 {
+            return Err("fastpath.max_datagrams_per_source_per_sec must be at least 10".into());
+        }
         if self.fastpath.enabled && self.fastpath.backend == BackendKind::Dpdk {
             if self.fastpath.dpdk.port.is_empty() {
                 return Err("fastpath.dpdk.port must name the device (e.g. net_af_xdp0 or a PCI address) when fastpath.backend = \"dpdk\"".into());

@@ -136,8 +136,16 @@ async fn exercise(node: &Devnet, mut client: FastPathClient, raw: UdpSocket, sig
     raw.send(&[0u8; 1]).unwrap();
     let mut buf = [0u8; 2048];
     assert!(raw.recv(&mut buf).is_err(), "garbage must not be answered");
-    let mut datagram = [0u8; 64];
-    let len = wire::encode_submit(&mut datagram, 42, &[&[1, 2, 3]]).unwrap();
+    // Shorter than a Reject: not answered either (no amplification).
+    let mut datagram = [0u8; wire::MAX_DATAGRAM];
+    let len = wire::encode_submit(&mut datagram, 41, &[&[1, 2, 3]]).unwrap();
+    datagram[2] = 99; // version
+    raw.send(&datagram[..len]).unwrap();
+    assert!(
+        raw.recv(&mut buf).is_err(),
+        "a 21-byte datagram must not get a 54-byte reply"
+    );
+    let len = wire::encode_submit(&mut datagram, 42, &[&[1u8; 60]]).unwrap();
     datagram[2] = 99; // version
     raw.send(&datagram[..len]).unwrap();
     raw.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -149,6 +157,26 @@ async fn exercise(node: &Devnet, mut client: FastPathClient, raw: UdpSocket, sig
         }
         other => panic!("expected a reject, got {other:?}"),
     }
+
+    // Many tiny invalid transactions in one datagram: the Rejects together stay within the
+    // datagram's own size plus one Reject's fixed part.
+    let tiny: Vec<&[u8]> = vec![&[0x05]; 60];
+    let len = wire::encode_submit(&mut datagram, 43, &tiny).unwrap();
+    raw.send(&datagram[..len]).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut reply_bytes = 0;
+    while let Ok(n) = raw.recv(&mut buf) {
+        if let Ok(wire::Message::Reject(r)) = wire::decode(&buf[..n]) {
+            assert_eq!(r.request_id, 43);
+            reply_bytes += n;
+        }
+    }
+    assert!(reply_bytes > 0, "the first tiny transactions are answered");
+    assert!(
+        reply_bytes <= len + wire::REJECT_MIN_LEN,
+        "{reply_bytes} bytes of Rejects for a {len}-byte datagram"
+    );
 
     // The next valid transaction still goes through.
     let next = transfer(signer_index, 8);
@@ -227,14 +255,11 @@ async fn dpdk_end_to_end(vdev_kind: &str) {
     assert_eq!(node.fastpath, Some(addr));
     // The client resolves the node's MAC through ARP, answered by our stack.
     let mut client = namespace_client(&rig, addr);
-    let mut ready = false;
-    for _ in 0..50 {
-        if client.ping().is_ok() {
-            ready = true;
-            break;
-        }
-    }
+    // Short pings while the port comes up (af_xdp attaches asynchronously), 10 s in all.
+    client.set_timeout(Duration::from_millis(200));
+    let ready = (0..50).any(|_| client.ping().is_ok());
     assert!(ready, "the DPDK node never answered a ping");
+    client.set_timeout(TIMEOUT);
     let raw = rig
         .in_namespace(|| UdpSocket::bind("0.0.0.0:0").unwrap())
         .unwrap();

@@ -26,6 +26,9 @@ use crate::{
 const BURST: usize = 32;
 /// Per-lcore mbuf cache of the pool (DPDK's recommended order of magnitude).
 const POOL_CACHE: u32 = 256;
+/// Peers a queue's ARP table holds: far more clients than one fast-path queue serves, small
+/// enough that a flood of spoofed sources costs a bounded few hundred KiB.
+const MAX_ARP_ENTRIES: usize = 4_096;
 
 /// One static ARP entry from the config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,8 +42,9 @@ pub struct ArpEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DpdkConfig {
-    /// EAL lcores (`-l`): the cores the net tiles run on. Empty: EAL's thread may run on any
-    /// core this process is allowed (nothing pinned), for CI and shared hosts.
+    /// EAL lcores (`-l`): the core of the thread that starts EAL (EAL pins it there). Empty:
+    /// that thread may run on any core this process is allowed (nothing pinned). The node sets
+    /// it from `cores.net`.
     pub lcores: Vec<usize>,
     /// Memory EAL reserves, in MiB (`-m`).
     pub memory_mb: u32,
@@ -168,7 +172,9 @@ fn hugepages_reserved() -> bool {
 /// again in the same process anyway, and its devices are closed by [`DpdkDevice`]'s drop.
 #[derive(Debug)]
 pub struct Eal {
-    pub args: Vec<String>,
+    args: Vec<String>,
+    /// Only [`Eal::init`] makes one: holding an `Eal` proves EAL is up.
+    _started: (),
 }
 
 impl Eal {
@@ -245,7 +251,12 @@ impl Eal {
             };
             return Err(DpdkError::EalInit { reason, hint, args });
         }
-        Ok(Eal { args })
+        Ok(Eal { args, _started: () })
+    }
+
+    /// The arguments EAL was started with.
+    pub fn started_args(&self) -> &[String] {
+        &self.args
     }
 }
 
@@ -284,6 +295,24 @@ impl Mempool {
     }
 }
 
+/// A configured port: stopped and closed when the device and every queue handed out are gone,
+/// so a queue can never be polled on a closed port.
+struct PortGuard {
+    port_id: u16,
+}
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        // SAFETY: the port was configured by us and nothing polls it any more (every queue
+        // holds this guard); stopping a port that is not started only returns an error. For
+        // af_xdp, closing detaches the XDP program from the interface.
+        unsafe {
+            sys::rte_eth_dev_stop(self.port_id);
+            sys::rte_eth_dev_close(self.port_id);
+        }
+    }
+}
+
 /// Link state as DPDK reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LinkStatus {
@@ -294,12 +323,11 @@ pub struct LinkStatus {
 
 /// A started Ethernet port with its queue pairs not yet handed out.
 pub struct DpdkDevice {
-    pub name: String,
-    pub port_id: u16,
-    pub mac: MacAddr,
-    pub socket: i32,
-    pub queues: u16,
-    pub driver: String,
+    name: String,
+    port: std::sync::Arc<PortGuard>,
+    mac: MacAddr,
+    socket: i32,
+    driver: String,
     pool: std::sync::Arc<Mempool>,
     handed_out: Vec<bool>,
 }
@@ -372,6 +400,8 @@ impl DpdkDevice {
         if ret != 0 {
             return Err(setup_err("rte_eth_dev_configure", ret));
         }
+        // From here on, any error closes the port again (the guard's drop).
+        let port = std::sync::Arc::new(PortGuard { port_id });
         // SAFETY: plain query on a valid port.
         let socket = unsafe { sys::rte_eth_dev_socket_id(port_id) };
         let socket = if socket < 0 { 0 } else { socket };
@@ -419,10 +449,9 @@ impl DpdkDevice {
         unsafe { sys::rte_eth_macaddr_get(port_id, &mut addr) };
         let device = Self {
             name,
-            port_id,
+            port,
             mac: MacAddr(addr.addr_bytes),
             socket,
-            queues: config.queues,
             driver,
             pool,
             handed_out: vec![false; config.queues as usize],
@@ -441,10 +470,31 @@ impl DpdkDevice {
         Ok(device)
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn port_id(&self) -> u16 {
+        self.port.port_id
+    }
+
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    /// The NUMA socket the port (and its mbuf pool) is on.
+    pub fn socket(&self) -> i32 {
+        self.socket
+    }
+
+    pub fn driver(&self) -> &str {
+        &self.driver
+    }
+
     pub fn link(&self) -> LinkStatus {
         let mut link = sys::rte_eth_link::default();
         // SAFETY: valid port, valid out-pointer.
-        unsafe { sys::rte_eth_link_get_nowait(self.port_id, &mut link) };
+        unsafe { sys::rte_eth_link_get_nowait(self.port.port_id, &mut link) };
         LinkStatus {
             up: u32::from(link.link_status()) == sys::RTE_ETH_LINK_UP,
             speed_mbps: link.link_speed,
@@ -456,7 +506,7 @@ impl DpdkDevice {
     pub fn hw_counters(&self) -> (u64, u64, u64, u64) {
         let mut stats = sys::rte_eth_stats::default();
         // SAFETY: valid port, valid out-pointer.
-        unsafe { sys::rte_eth_stats_get(self.port_id, &mut stats) };
+        unsafe { sys::rte_eth_stats_get(self.port.port_id, &mut stats) };
         (stats.imissed, stats.ierrors, stats.rx_nombuf, stats.oerrors)
     }
 
@@ -485,7 +535,8 @@ impl DpdkDevice {
             arp.insert(entry.ip, mac);
         }
         Ok(DpdkQueue {
-            port_id: self.port_id,
+            port_id: self.port.port_id,
+            _port: self.port.clone(),
             queue,
             mac: self.mac,
             ip: *listen.ip(),
@@ -501,21 +552,11 @@ impl DpdkDevice {
     }
 }
 
-impl Drop for DpdkDevice {
-    fn drop(&mut self) {
-        // SAFETY: the port was started by us; stopping and closing it releases the device (for
-        // af_xdp, the XDP program on the interface). Queues still held are not polled after
-        // this because the node drops its tiles first.
-        unsafe {
-            sys::rte_eth_dev_stop(self.port_id);
-            sys::rte_eth_dev_close(self.port_id);
-        }
-    }
-}
-
 /// An RX/TX queue pair with our minimal UDP/IPv4 stack on it.
 pub struct DpdkQueue {
     port_id: u16,
+    /// Keeps the port open while this queue exists.
+    _port: std::sync::Arc<PortGuard>,
     queue: u16,
     mac: MacAddr,
     ip: Ipv4Addr,
@@ -554,6 +595,12 @@ impl DpdkQueue {
         let mut sent = 0;
         while sent < self.tx.len() {
             let chunk = (self.tx.len() - sent).min(BURST);
+            // Bytes are read before the burst: afterwards the sent mbufs belong to the NIC.
+            let bytes: u64 = self.tx[sent..sent + chunk]
+                .iter()
+                // SAFETY: mbufs we own until the burst below.
+                .map(|&m| u64::from(unsafe { sys::rtc_pktmbuf_pkt_len(m) }))
+                .sum();
             // SAFETY: the pointers are mbufs we own; tx_burst takes ownership of those it sends.
             let n = unsafe {
                 sys::rtc_eth_tx_burst(
@@ -564,6 +611,14 @@ impl DpdkQueue {
                 )
             } as usize;
             self.stats.tx_packets += n as u64;
+            let mut unsent_bytes = 0;
+            if n < chunk {
+                for &m in &self.tx[sent + n..sent + chunk] {
+                    // SAFETY: not taken by the NIC, still ours.
+                    unsent_bytes += u64::from(unsafe { sys::rtc_pktmbuf_pkt_len(m) });
+                }
+            }
+            self.stats.tx_bytes += bytes - unsent_bytes;
             sent += n;
             if n < chunk {
                 for &m in &self.tx[sent..] {
@@ -576,8 +631,14 @@ impl DpdkQueue {
         self.tx.clear();
     }
 
+    /// Remembers `ip`'s MAC. The table is bounded: when full, only entries already known are
+    /// updated (static and early entries stay), so a spoofed-source flood cannot grow memory;
+    /// a peer that does not fit is resolved by ARP when it is answered.
     fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr) {
-        if !ip.is_unspecified() && mac != MacAddr::BROADCAST {
+        if ip.is_unspecified() || mac.is_multicast() {
+            return;
+        }
+        if self.arp.len() < MAX_ARP_ENTRIES || self.arp.contains_key(&ip) {
             self.arp.insert(ip, mac);
         }
     }
@@ -613,7 +674,11 @@ impl DpdkQueue {
                 (false, false)
             }
             Ok(Parsed::Arp(arp)) => {
-                self.learn(arp.sender_ip, arp.sender_mac);
+                // Only ARP about us teaches us anything we need (other hosts' chatter would fill
+                // the table).
+                if arp.target_ip == self.ip {
+                    self.learn(arp.sender_ip, arp.sender_mac);
+                }
                 if arp.op == 1 && arp.target_ip == self.ip {
                     // The reply is written over the request, in the mbuf's whole data room: a
                     // request from a kernel may be unpadded (42 bytes), a reply is padded to 60.
@@ -628,7 +693,6 @@ impl DpdkQueue {
                         // SAFETY: len bytes were written within the mbuf's room.
                         unsafe { sys::rtc_pktmbuf_set_len(mbuf, len as u16) };
                         self.stats.arp_replies += 1;
-                        self.stats.tx_bytes += len as u64;
                         self.tx.push(mbuf);
                         return (true, false);
                     }
@@ -642,9 +706,12 @@ impl DpdkQueue {
                 }
                 let port = udp.dst.port();
                 if Some(port) == self.reflector_port {
+                    if !crate::port::reflectable(udp.src, port) || udp.src_mac.is_multicast() {
+                        self.stats.rx_dropped += 1;
+                        return (false, false);
+                    }
                     if packet::swap_5tuple_in_place(data).is_ok() {
                         self.stats.reflected += 1;
-                        self.stats.tx_bytes += data.len() as u64;
                         self.tx.push(mbuf);
                         return (true, false);
                     }
@@ -747,7 +814,6 @@ impl DatagramPort for DpdkQueue {
                 Some(len) => {
                     // SAFETY: len bytes were just written within the mbuf's room.
                     unsafe { sys::rtc_pktmbuf_set_len(mbuf, len as u16) };
-                    self.stats.tx_bytes += len as u64;
                     self.tx.push(mbuf);
                 }
                 None => {
@@ -846,7 +912,7 @@ impl DeviceQueue {
         tracing::info!(
             "dpdk: port {} ({}, driver {}) up, mac {}, serving {listen}",
             device.name,
-            device.port_id,
+            device.port.port_id,
             device.driver,
             device.mac
         );

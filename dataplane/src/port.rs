@@ -164,3 +164,16 @@ pub trait DatagramPort: Send {
 
     fn stats(&self) -> PortStats;
 }
+
+/// Whether a datagram from `peer` may be reflected by a reflector on `reflector_port`. Refused:
+/// sources on a privileged port or on the reflector port itself (one spoofed datagram between
+/// two reflectors would otherwise bounce forever), and broadcast, multicast or unspecified
+/// source addresses (a reflection would go to many hosts, or nowhere).
+pub fn reflectable(peer: SocketAddrV4, reflector_port: u16) -> bool {
+    let ip = peer.ip();
+    peer.port() >= 1024
+        && peer.port() != reflector_port
+        && !ip.is_broadcast()
+        && !ip.is_multicast()
+        && !ip.is_unspecified()
+}

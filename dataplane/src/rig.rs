@@ -56,16 +56,16 @@ impl VethRig {
     /// ends get TX checksum offload turned off: veth would otherwise hand on partial checksums
     /// that a reflected frame carries back to a kernel that then drops it.
     pub fn create(host_address: bool) -> Result<Self, RigError> {
-        let id = format!(
-            "{}x{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}x{seq}", std::process::id() % 100_000);
         let ns = format!("rtc{id}");
         let host_if = format!("rth{id}");
         let ns_if = format!("rtn{id}");
         let subnet = 100 + (std::process::id() % 100) as u8;
-        let third = (NEXT.load(Ordering::Relaxed) % 250) as u8;
+        // The pid picks the second octet and this process's sequence the third: rigs of one
+        // process never share a /24; two processes collide only if their pids agree mod 100,
+        // which matters only for rigs with a host address (routes on the host side).
+        let third = (seq % 250) as u8 + 1;
         let host_ip = Ipv4Addr::new(10, subnet, third, 1);
         let ns_ip = Ipv4Addr::new(10, subnet, third, 2);
         // Leftovers of a killed process with our pid.

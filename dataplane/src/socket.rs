@@ -456,10 +456,14 @@ impl SocketPort {
         let n = r.rx.recv(r.socket.as_raw_fd(), self.burst)?;
         let mut queued = 0;
         for i in 0..n {
-            let (Some(len), Some(_)) = (r.rx.received_len(i), r.rx.peer(i)) else {
+            let (Some(len), Some(peer)) = (r.rx.received_len(i), r.rx.peer(i)) else {
                 self.stats.rx_dropped += 1;
                 continue;
             };
+            if !crate::port::reflectable(peer, r.port) {
+                self.stats.rx_dropped += 1;
+                continue;
+            }
             r.tx.prepare(queued, r.bufs[i].as_mut_ptr(), len);
             // The reply goes to where the probe came from: copy the sender's address.
             r.tx.addrs[queued] = r.rx.addrs[i];

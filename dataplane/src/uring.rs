@@ -512,12 +512,16 @@ impl UringPort {
 
     /// Sends the datagram in reflector slot `i` back to its sender.
     fn reflect(&mut self, i: usize) -> Result<(), PortError> {
-        let Some((len, _)) = self.received(i) else {
+        let Some((len, peer)) = self.received(i) else {
             return Ok(());
         };
-        let Some((socket, _)) = &self.reflector else {
+        let Some((socket, port)) = &self.reflector else {
             return Ok(());
         };
+        if !crate::port::reflectable(peer, *port) {
+            self.stats.rx_dropped += 1;
+            return Ok(());
+        }
         let fd = socket.as_raw_fd();
         let peer = self.recv[i].addr;
         if !self.queue_send(fd, peer, SendSource::RecvSlot(i, len), true)? {

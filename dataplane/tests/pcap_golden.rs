@@ -149,7 +149,7 @@ fn the_stack_answers_reflects_and_drops_exactly_as_recorded() {
     };
     let eal = Eal::init(&config).expect("EAL");
     let device = DpdkDevice::open(&eal, &config).expect("net_pcap port");
-    assert_eq!(device.mac, PCAP_MAC, "net_pcap's MAC changed: re-bless");
+    assert_eq!(device.mac(), PCAP_MAC, "net_pcap's MAC changed: re-bless");
     let mut port = DeviceQueue::new(
         device,
         0,

@@ -217,6 +217,25 @@ fn run_reflector(
     .map_err(local)
 }
 
+/// A running dpdk-testpmd, killed if the benchmark returns early (it busy-polls two cores).
+struct Testpmd(Child);
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sets the reflector's stop flag however the benchmark ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Starts dpdk-testpmd in 5tswap mode on the rig's host end. testpmd needs two lcores: a main
 /// one (idle, waiting on stdin) and the forwarding one.
 fn start_testpmd(
@@ -318,20 +337,20 @@ pub fn run_reflect_bench(args: ReflectBenchArgs) -> Result<ReflectBenchResult, B
             args.duration_s
         );
         let main_core = client_core.ok_or_else(|| local("dpdk-testpmd needs two CPUs"))?;
-        let mut child = start_testpmd(
+        let mut child = Testpmd(start_testpmd(
             &args.testpmd_bin,
             &rig,
             args.backend,
             main_core,
             reflector_core,
-        )?;
+        )?);
         // Wait until testpmd forwards (it prints its port set-up, then forwards).
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut forwarding = false;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = child.0.try_wait() {
                 let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
+                if let Some(mut e) = child.0.stderr.take() {
                     let _ = e.read_to_string(&mut stderr);
                 }
                 return Err(BenchError::Local(format!(
@@ -349,16 +368,15 @@ pub fn run_reflect_bench(args: ReflectBenchArgs) -> Result<ReflectBenchResult, B
             baseline = Some(probe(&rig, target, duration, client_core)?);
         }
         // Enter stops testpmd cleanly (it detaches from the interface); kill is the fallback.
-        if let Some(mut stdin) = child.stdin.take() {
+        if let Some(mut stdin) = child.0.stdin.take() {
             use std::io::Write as _;
             let _ = stdin.write_all(b"\n");
         }
         let quit_by = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < quit_by && matches!(child.try_wait(), Ok(None)) {
+        while Instant::now() < quit_by && matches!(child.0.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(child);
         let _ = rig.detach_xdp();
         if !forwarding {
             return Err(local("dpdk-testpmd did not forward probes within 20 s"));
@@ -367,6 +385,7 @@ pub fn run_reflect_bench(args: ReflectBenchArgs) -> Result<ReflectBenchResult, B
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let reflector = run_reflector(config, Some(reflector_core), stop.clone(), ready_tx)?;
+    let stop_guard = StopOnDrop(stop.clone());
     match ready_rx.recv() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(BenchError::Local(format!("reflector: {e}"))),
@@ -380,7 +399,7 @@ pub fn run_reflect_bench(args: ReflectBenchArgs) -> Result<ReflectBenchResult, B
         args.duration_s
     );
     let ours = probe(&rig, target, duration, client_core)?;
-    stop.store(true, Ordering::Relaxed);
+    drop(stop_guard);
     let port = reflector.join().map_err(local)?;
 
     drop(rig);

@@ -379,17 +379,19 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
         .block_on(crate::node::Node::start(config))
         .map_err(|e| BenchError::Local(format!("node: {e}")))?;
 
-    let socket = client_socket(target.rig.as_ref(), target.listen)?;
-    let rtt = wait_for_pong(&socket, Duration::from_secs(10))?;
-    eprintln!(
-        "bench udp: {} node up at udp://{} (ping {} us); {} tx/s for {} s",
-        args.backend.name(),
-        target.listen,
-        rtt.as_micros(),
-        args.rate,
-        args.duration_s
-    );
-    let outcome = measure(&socket, &raw, args.rate);
+    // Whatever happens next, the node is stopped before its data directory and rig go away.
+    let outcome = client_socket(target.rig.as_ref(), target.listen).and_then(|socket| {
+        let rtt = wait_for_pong(&socket, Duration::from_secs(10))?;
+        eprintln!(
+            "bench udp: {} node up at udp://{} (ping {} us); {} tx/s for {} s",
+            args.backend.name(),
+            target.listen,
+            rtt.as_micros(),
+            args.rate,
+            args.duration_s
+        );
+        measure(&socket, &raw, args.rate)
+    });
     let port = node
         .fastpath
         .as_ref()
@@ -465,6 +467,14 @@ fn measure(socket: &UdpSocket, raw: &[Vec<u8>], rate: u32) -> Result<Outcome, Be
         .map_err(|e| BenchError::Local(e.to_string()))?;
     let start = Instant::now() + Duration::from_millis(20);
     let sending_done = Arc::new(AtomicBool::new(false));
+    // Tells the receiver to drain and stop however the send loop ends (also on an error).
+    struct Done(Arc<AtomicBool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done_guard = Done(sending_done.clone());
     let last_sent = Arc::new(AtomicU64::new(0));
     let done = sending_done.clone();
     let receiver_thread = std::thread::spawn(move || -> Result<Outcome, BenchError> {
@@ -563,7 +573,7 @@ fn measure(socket: &UdpSocket, raw: &[Vec<u8>], rate: u32) -> Result<Outcome, Be
         let _ = socket.send(&buf[..len]);
         last_sent.store(i as u64, Ordering::Relaxed);
     }
-    sending_done.store(true, Ordering::Release);
+    drop(done_guard);
     let mut outcome = receiver_thread
         .join()
         .map_err(|_| BenchError::Local("receiver thread panicked".into()))??;

@@ -57,6 +57,13 @@ const NET_IDLE_POLLS: u32 = 8;
 const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Rate-limit window: per-source counters reset this often.
 const RATE_WINDOW: Duration = Duration::from_millis(100);
+/// Tries to send a burst of replies before the rest is dropped.
+const SEND_ATTEMPTS: u32 = 16;
+/// Datagrams a verify tile handles from one inbox before it looks at the others and at the
+/// stop flag (each may take a dozen sender recoveries).
+const VERIFY_BATCH: usize = 64;
+/// Verify tiles at most (each owns a thread and two 6 MiB rings).
+pub const MAX_VERIFY_TILES: usize = 64;
 /// Counters are logged this often while they change.
 const STATS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct sources tracked per window; new sources beyond it are dropped until the window ends,
@@ -73,6 +80,9 @@ pub struct Ticket {
     pub request_id: u64,
     pub index: u16,
     pub tx_hash: [u8; 32],
+    /// Bytes of reason text a Reject may carry: the transaction's own length (docs/wire.md,
+    /// "Amplification").
+    pub reason_budget: u16,
 }
 
 /// Counters of the fast path, beside each port's own.
@@ -85,6 +95,10 @@ pub struct FastPathStats {
     pub rate_limited: AtomicU64,
     pub verify_ring_full: AtomicU64,
     pub reply_ring_full: AtomicU64,
+    /// Replies the port could not send (its queue stayed full, or the send failed).
+    pub reply_send_dropped: AtomicU64,
+    /// Rejects not sent because the datagram's reply budget was spent (amplification bound).
+    pub reply_budget_spent: AtomicU64,
     pub ignored: AtomicU64,
 }
 
@@ -162,7 +176,8 @@ impl Answers {
                     Err(error) => {
                         self.stats.rejects.fetch_add(1, Ordering::Relaxed);
                         let code = reject_code(&error);
-                        let reason = error.to_string();
+                        let mut reason = error.to_string();
+                        truncate_at_char(&mut reason, usize::from(ticket.reason_budget));
                         outbox.push(&self.stats, ticket.peer, ticket.local_port, |buf| {
                             wire::encode_reject(
                                 buf,
@@ -230,7 +245,7 @@ impl FastPathStats {
     pub fn summary(&self, port: &PortStats) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "rx {} tx {} submitted {} receipts {} rejects {} malformed {} rate_limited {} verify_ring_full {} reply_ring_full {} | port: rx_dropped {} tx_dropped {} bad_frames {} fragments {} no_buffers {} reflected {} arp_replies {}",
+            "rx {} tx {} submitted {} receipts {} rejects {} malformed {} rate_limited {} verify_ring_full {} reply_ring_full {} reply_send_dropped {} reply_budget_spent {} | port: rx_dropped {} tx_dropped {} bad_frames {} fragments {} no_buffers {} reflected {} arp_replies {}",
             port.rx_packets,
             port.tx_packets,
             get(&self.submitted),
@@ -240,6 +255,8 @@ impl FastPathStats {
             get(&self.rate_limited),
             get(&self.verify_ring_full),
             get(&self.reply_ring_full),
+            get(&self.reply_send_dropped),
+            get(&self.reply_budget_spent),
             port.rx_dropped,
             port.tx_dropped,
             port.bad_frames,
@@ -252,7 +269,16 @@ impl FastPathStats {
 }
 
 impl FastPath {
-    pub fn stop(mut self) {
+    /// Stops the tiles and waits for them (their port, rings and DPDK device go with them).
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Dropping the fast path stops it, on every path: a node whose start-up fails after the fast
+/// path started must not leave tiles spinning and a port bound.
+impl Drop for FastPath {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         for tile in self.tiles.drain(..) {
             let _ = tile.join();
@@ -409,8 +435,8 @@ impl NetTile {
                 }
                 let mut sent = 0;
                 // A full TX queue is retried a bounded number of times, then the rest is dropped
-                // (the port counts it): a stuck NIC must not stall receiving.
-                for _ in 0..64 {
+                // and counted: a stuck NIC must not stall receiving.
+                for attempt in 0..SEND_ATTEMPTS {
                     match port.send_burst(&tx[sent..n]) {
                         Ok(k) => sent += k,
                         Err(e) => {
@@ -421,6 +447,14 @@ impl NetTile {
                     if sent >= n {
                         break;
                     }
+                    if attempt > 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                if sent < n {
+                    self.stats
+                        .reply_send_dropped
+                        .fetch_add((n - sent) as u64, Ordering::Relaxed);
                 }
                 total += n;
                 if n < tx.len() {
@@ -466,7 +500,10 @@ impl VerifyTile {
         while !self.stop.load(Ordering::Relaxed) {
             let mut worked = false;
             for route in 0..self.inbox.len() {
-                while let Some(d) = self.inbox[route].peek() {
+                for _ in 0..VERIFY_BATCH {
+                    let Some(d) = self.inbox[route].peek() else {
+                        break;
+                    };
                     let d = d.clone();
                     self.inbox[route].release();
                     self.handle(route as u16, &d);
@@ -497,7 +534,9 @@ impl VerifyTile {
                 tracing::debug!("fast path: malformed datagram from {}: {error}", d.peer);
                 // Whole-datagram rejects carry no reason text: a spoofed source must not get
                 // more bytes than it sent (docs/wire.md, "Amplification").
-                if let Some((request_id, code)) = wire::error_reply(d.payload(), &error) {
+                if let Some((request_id, code)) = wire::error_reply(d.payload(), &error)
+                    && d.payload().len() >= wire::REJECT_MIN_LEN
+                {
                     outbox.push(&stats, d.peer, d.local_port, |buf| {
                         wire::encode_reject(
                             buf,
@@ -514,6 +553,10 @@ impl VerifyTile {
         };
         match message {
             Message::SubmitTx { request_id, txs } => {
+                // Rejects answering this datagram add up to at most its own length plus one
+                // Reject's fixed part: a SubmitTx of many tiny invalid transactions must not turn
+                // into many Rejects (docs/wire.md, "Amplification").
+                let mut budget = d.payload().len() + wire::REJECT_MIN_LEN;
                 for (index, raw) in txs.enumerate() {
                     let index = index as u16;
                     stats.submitted.fetch_add(1, Ordering::Relaxed);
@@ -526,6 +569,7 @@ impl VerifyTile {
                             request_id,
                             index,
                             tx_hash: tx.hash.0,
+                            reason_budget: raw.len().min(wire::MAX_REASON_LEN) as u16,
                         };
                         self.backend.chain().submit(
                             Submission {
@@ -542,6 +586,12 @@ impl VerifyTile {
                         // is at most 38 bytes longer than the SubmitTx that caused it.
                         let mut reason = error.to_string();
                         truncate_at_char(&mut reason, raw.len());
+                        let size = wire::REJECT_MIN_LEN + reason.len();
+                        if size > budget {
+                            stats.reply_budget_spent.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        budget -= size;
                         let hash = alloy_primitives::keccak256(raw).0;
                         outbox.push(&stats, d.peer, d.local_port, |buf| {
                             wire::encode_reject(buf, request_id, index, &hash, code, &reason)
@@ -561,6 +611,30 @@ impl VerifyTile {
             }
         }
     }
+}
+
+/// EAL pins the thread that starts it to its first lcore: that must be the net tile's core.
+fn dpdk_on_net_core(
+    dpdk: &rtchain_dataplane::dpdk::DpdkConfig,
+    net_core: Option<usize>,
+) -> Result<rtchain_dataplane::dpdk::DpdkConfig, NodeError> {
+    let mut dpdk = dpdk.clone();
+    match (net_core, dpdk.lcores.as_slice()) {
+        (Some(core), []) => dpdk.lcores = vec![core],
+        (Some(core), [lcore]) if *lcore == core => {}
+        (Some(core), lcores) => {
+            return Err(NodeError::Config(format!(
+                "fastpath.dpdk.lcores {lcores:?} must be [{core}] (cores.net[0]): EAL pins the net tile to its first lcore and would start workers on the others"
+            )));
+        }
+        (None, []) => {}
+        (None, lcores) => {
+            return Err(NodeError::Config(format!(
+                "fastpath.dpdk.lcores {lcores:?}: set cores.net to the same core instead, so that no other tile is placed on it"
+            )));
+        }
+    }
+    Ok(dpdk)
 }
 
 /// Opens the configured port(s) and starts the net and verify tiles. Returns the fast path and
@@ -591,7 +665,7 @@ pub fn start(
         reflector_port: config.reflector_port,
         poll: config.poll,
         sqpoll: config.sqpoll,
-        dpdk: config.dpdk.clone(),
+        dpdk: dpdk_on_net_core(&config.dpdk, cores.net.first().copied())?,
     };
     let net_core = cores.net.first().copied();
     let (port_tx, port_rx) = std::sync::mpsc::channel();

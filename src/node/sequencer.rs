@@ -164,18 +164,19 @@ pub fn spawn(
     .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
 }
 
-/// The mini-block executor: `threads` (0: one per `cores.exec` entry, else one per allowed CPU),
-/// the calling sequencer thread included; workers pinned to `cores.exec` when it lists cores.
+/// The mini-block executor. `threads` counts the sequencer thread, which executes too (on
+/// `cores.sequencer`); the other threads are workers, pinned to `cores.exec` when it lists
+/// cores. 0: the sequencer plus one worker per `cores.exec` entry, or else one thread per CPU
+/// this process may use.
 fn executor(threads: usize, cores: &CoreMap) -> Result<ParallelExecutor, NodeError> {
     let threads = match threads {
-        0 if !cores.exec.is_empty() => cores.exec.len(),
+        0 if !cores.exec.is_empty() => cores.exec.len() + 1,
         0 => rtchain_dataplane::tile::allowed_cpus()
             .map_err(|e| NodeError::Config(e.to_string()))?
             .len(),
         n => n,
     };
-    // Workers are the pool's threads (the sequencer is the last executor thread).
-    let worker_cores: Vec<usize> = cores.exec.iter().skip(1).copied().collect();
+    let worker_cores = cores.exec.clone();
     ParallelExecutor::with_thread_start(ParallelConfig::with_threads(threads), move |i| {
         if let Some(&core) = worker_cores.get(i)
             && let Err(e) = rtchain_dataplane::tile::pin_current_thread(core)
