@@ -668,70 +668,99 @@ pub fn start(
         dpdk: dpdk_on_net_core(&config.dpdk, cores.net.first().copied())?,
     };
     let net_core = cores.net.first().copied();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<Option<NetTile>>();
+    let port_stats = Arc::new(parking_lot::Mutex::new(PortStats::default()));
+    // Built first, so that any error below drops it, which stops and joins what has started.
+    let mut fastpath = FastPath {
+        stats: stats.clone(),
+        port_stats: vec![port_stats.clone()],
+        backend: match config.backend {
+            BackendKind::Dpdk => "dpdk",
+            BackendKind::Socket => "socket",
+            BackendKind::IoUring => "io-uring",
+        },
+        local_addr: config.listen,
+        stop: stop.clone(),
+        tiles: Vec::new(),
+    };
+
+    // Every ring is allocated by the tile that consumes it, on its own (pinned) thread, so its
+    // slots are first touched on that core's NUMA node; the producer ends are handed out.
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<Vec<(Producer<Datagram>, Doorbell)>>();
+    let net = NetTile {
+        route: 0,
+        to_verify: Vec::new(),
+        replies: Vec::new(),
+        poll: config.poll,
+        bell: Doorbell::for_port(rtchain_dataplane::PortWaker::none()),
+        stats: stats.clone(),
+        port_stats,
+        limit: RateLimit::new(config.max_datagrams_per_source_per_sec),
+        stop: stop.clone(),
+    };
+    let net_stop = stop.clone();
     let opener = tile::spawn_tile("net-0", net_core, move || {
-        let opened = rtchain_dataplane::open_port(&port_config);
-        let port = match opened {
-            Ok(port) => {
-                let _ = port_tx.send(Ok((port.waker(), port.local_addr())));
-                port
-            }
+        let port = match rtchain_dataplane::open_port(&port_config) {
+            Ok(port) => port,
             Err(e) => {
-                let _ = port_tx.send(Err(e.to_string()));
+                let _ = opened_tx.send(Err(e.to_string()));
                 return;
             }
         };
-        // Wait for the rings (built once the port's waker is known), then run.
-        if let Ok(Some(tile)) = go_rx.recv() {
-            tile.run(port);
+        let bell = Doorbell::for_port(port.waker());
+        // One reply ring per verify tile, and the sequencer's last.
+        let (producers, replies): (Vec<_>, Vec<_>) = (0..=verify_count)
+            .map(|_| ring::channel_with(RING_SLOTS, Datagram::empty))
+            .unzip();
+        let _ = opened_tx.send(Ok((bell.clone(), port.local_addr(), producers)));
+        loop {
+            match go_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(to_verify) => {
+                    NetTile {
+                        to_verify,
+                        replies,
+                        bell,
+                        ..net
+                    }
+                    .run(port);
+                    return;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if net_stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
         }
     })
     .map_err(|e| err(e.to_string()))?;
-    let (waker, local_addr) = match port_rx.recv() {
+    fastpath.tiles.push(opener);
+    let (net_bell, local_addr, mut reply_producers) = match opened_rx.recv() {
         Ok(Ok(opened)) => opened,
-        Ok(Err(e)) => {
-            let _ = opener.join();
-            return Err(err(e));
-        }
+        Ok(Err(e)) => return Err(err(e)),
         Err(_) => return Err(err("the net tile stopped while opening its port".into())),
     };
-    let net_bell = Doorbell::for_port(waker);
-
-    let route = 0u16;
-    let mut to_verify = Vec::new();
-    let mut verify_inboxes = Vec::new();
-    let mut verify_outboxes = Vec::new();
-    let mut net_replies = Vec::new();
-    for _ in 0..verify_count {
-        let (p, c) = ring::channel_with(RING_SLOTS, Datagram::empty);
-        verify_inboxes.push(c);
-        to_verify.push(p);
-        let (p, c) = ring::channel_with(RING_SLOTS, Datagram::empty);
-        verify_outboxes.push(Outbox {
-            ring: p,
-            bell: net_bell.clone(),
-        });
-        net_replies.push(c);
-    }
-    let (seq_p, seq_c) = ring::channel_with(RING_SLOTS, Datagram::empty);
-    net_replies.push(seq_c);
+    fastpath.local_addr = local_addr;
+    let outbox = |ring| Outbox {
+        ring,
+        bell: net_bell.clone(),
+    };
+    let sequencer_ring = reply_producers
+        .pop()
+        .ok_or_else(|| err("the net tile made no reply ring for the sequencer".into()))?;
     let answers = Answers {
-        outboxes: vec![Outbox {
-            ring: seq_p,
-            bell: net_bell.clone(),
-        }],
+        outboxes: vec![outbox(sequencer_ring)],
         stats: stats.clone(),
     };
 
-    let mut tiles = Vec::new();
-    let mut verify_bells = Vec::new();
-    for (i, (inbox, outbox)) in verify_inboxes.into_iter().zip(verify_outboxes).enumerate() {
-        let (bell_tx, bell_rx) = std::sync::mpsc::channel();
-        let tile = VerifyTile {
+    let mut to_verify = Vec::new();
+    for (i, reply_ring) in reply_producers.into_iter().enumerate() {
+        let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
+        let mut tile = VerifyTile {
             backend: backend.clone(),
-            inbox: vec![inbox],
-            outboxes: vec![outbox],
+            inbox: Vec::new(),
+            outboxes: vec![outbox(reply_ring)],
             poll: config.poll,
             stats: stats.clone(),
             stop: stop.clone(),
@@ -741,44 +770,22 @@ pub fn start(
             cores.verify.get(i).copied(),
             move || {
                 let bell = Doorbell::for_current_thread();
-                let _ = bell_tx.send(bell.clone());
+                let (producer, inbox) = ring::channel_with(RING_SLOTS, Datagram::empty);
+                tile.inbox.push(inbox);
+                let _ = inbox_tx.send((producer, bell.clone()));
                 tile.run(bell);
             },
         )
         .map_err(|e| err(e.to_string()))?;
-        let bell = bell_rx
-            .recv()
-            .map_err(|_| err("a verify tile stopped at start".into()))?;
-        verify_bells.push(bell);
-        tiles.push(handle);
+        fastpath.tiles.push(handle);
+        to_verify.push(
+            inbox_rx
+                .recv()
+                .map_err(|_| err("a verify tile stopped at start".into()))?,
+        );
     }
-    let port_stats = Arc::new(parking_lot::Mutex::new(PortStats::default()));
-    let net = NetTile {
-        route,
-        to_verify: to_verify.into_iter().zip(verify_bells).collect(),
-        replies: net_replies,
-        poll: config.poll,
-        bell: net_bell,
-        stats: stats.clone(),
-        port_stats: port_stats.clone(),
-        limit: RateLimit::new(config.max_datagrams_per_source_per_sec),
-        stop: stop.clone(),
-    };
-    let _ = go_tx.send(Some(net));
-    tiles.push(opener);
-    Ok((
-        FastPath {
-            stats,
-            port_stats: vec![port_stats],
-            backend: match config.backend {
-                BackendKind::Dpdk => "dpdk",
-                BackendKind::Socket => "socket",
-                BackendKind::IoUring => "io-uring",
-            },
-            local_addr,
-            stop,
-            tiles,
-        },
-        answers,
-    ))
+    go_tx
+        .send(to_verify)
+        .map_err(|_| err("the net tile stopped at start".into()))?;
+    Ok((fastpath, answers))
 }
