@@ -165,10 +165,25 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `rtchain node`: the runtime's threads (RPC, admin) are the housekeeping tile; pin them to
+    // `cores.housekeeping` when the config names one. (The main thread stays unpinned: the core
+    // map is validated against its allowed CPU set.)
+    let housekeeping = match &cli.command {
+        Command::Node { config } => NodeConfig::from_toml_file(config)
+            .ok()
+            .and_then(|c| c.cores.housekeeping),
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(core) = housekeeping {
+        builder.on_thread_start(move || {
+            if let Err(e) = rtchain_dataplane::tile::pin_current_thread(core) {
+                tracing::error!("housekeeping thread: cannot pin to core {core}: {e}");
+            }
+        });
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
