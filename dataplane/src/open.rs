@@ -47,13 +47,15 @@ pub fn open_port(config: &PortConfig) -> Result<Box<dyn DatagramPort>, PortError
             }
             let eal = dpdk::Eal::init(&config.dpdk)?;
             let device = dpdk::DpdkDevice::open(&eal, &config.dpdk)?;
-            Box::new(dpdk::DeviceQueue::new(
+            let mut queue = dpdk::DeviceQueue::new(
                 device,
                 0,
                 config.listen,
                 config.reflector_port,
                 &config.dpdk.static_arp,
-            )?)
+            )?;
+            queue.set_poll(config.poll);
+            Box::new(queue)
         }
     })
 }
