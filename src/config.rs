@@ -104,7 +104,8 @@ pub struct FastPathSection {
     pub reflector_port: Option<u16>,
     /// `busy-poll` for dedicated cores; `blocking` sleeps when idle (shared hosts, CI).
     pub poll: PollMode,
-    /// Verify tiles (sender recovery), ignored when `cores.verify` lists cores.
+    /// Verify tiles (sender recovery), ignored when `cores.verify` lists cores. 0: the net tile
+    /// verifies itself (one thread hand-over less, for small hosts).
     pub verify_tiles: usize,
     /// Datagrams accepted per second from one source IPv4 address; the excess is dropped.
     pub max_datagrams_per_source_per_sec: u32,
@@ -208,9 +209,9 @@ impl NodeConfig {
         }
         self.cores.validate().map_err(|e| e.to_string())?;
         let f = &self.fastpath;
-        if f.verify_tiles == 0 || f.verify_tiles > crate::node::fastpath::MAX_VERIFY_TILES {
+        if f.verify_tiles > crate::node::fastpath::MAX_VERIFY_TILES {
             return Err(format!(
-                "fastpath.verify_tiles must be between 1 and {}",
+                "fastpath.verify_tiles must be between 0 (verify on the net tile) and {}",
                 crate::node::fastpath::MAX_VERIFY_TILES
             ));
         }

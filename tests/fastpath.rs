@@ -208,6 +208,19 @@ async fn io_uring_backend_answers_with_receipts() {
     exercise(&node, client, UdpSocket::bind("0.0.0.0:0").unwrap(), 2).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_on_the_net_tile_answers_with_receipts() {
+    let temp = tempfile::tempdir().unwrap();
+    let node = Devnet::start_node_config(
+        &temp.path().join("data"),
+        free_port(),
+        "[fastpath]\nverify_tiles = 0\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let addr = node.fastpath.expect("fast path address");
+    let client = FastPathClient::connect(addr, TIMEOUT).unwrap();
+    exercise(&node, client, UdpSocket::bind("0.0.0.0:0").unwrap(), 5).await;
+}
+
 /// A node on a DPDK vdev over the rig's host end; the client in the namespace.
 fn dpdk_node(
     rig: &VethRig,

@@ -104,7 +104,7 @@ pub struct UdpBenchArgs {
     /// The node's `sequencer.exec_threads` (0: one per CPU; 1: sequential execution).
     #[arg(long, default_value_t = 0)]
     pub exec_threads: usize,
-    /// Verify tiles (sender recovery).
+    /// Verify tiles (sender recovery); 0 verifies on the net tile.
     #[arg(long, default_value_t = 1)]
     pub verify_tiles: usize,
     /// Also append the result line to FILE.
@@ -363,7 +363,7 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
         target.rig.as_ref(),
         poll,
     )?;
-    config.fastpath.verify_tiles = args.verify_tiles.max(1);
+    config.fastpath.verify_tiles = args.verify_tiles;
     config.fastpath.sqpoll = args.sqpoll;
     config.sequencer.exec_threads = args.exec_threads;
     config.storage.minilog_sync = match args.sync {
@@ -416,7 +416,7 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
             PollMode::BusyPoll => "busy-poll",
             PollMode::Blocking => "blocking",
         },
-        verify_tiles: args.verify_tiles.max(1),
+        verify_tiles: args.verify_tiles,
         sqpoll: args.sqpoll,
         exec_threads: args.exec_threads,
         sent: total,

@@ -328,6 +328,9 @@ impl RateLimit {
 struct NetTile {
     route: u16,
     to_verify: Vec<(Producer<Datagram>, Doorbell)>,
+    /// `verify_tiles = 0`: this tile verifies each datagram itself (one thread hand-over less
+    /// per transaction, for small hosts; sender recovery then shares the net tile's core).
+    inline_verify: Option<VerifyTile>,
     replies: Vec<Consumer<Datagram>>,
     poll: PollMode,
     bell: Doorbell,
@@ -394,6 +397,10 @@ impl NetTile {
         for d in datagrams {
             if !self.limit.admit(now, *d.peer.ip()) {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Some(verify) = self.inline_verify.as_mut() {
+                verify.handle(self.route, d);
                 continue;
             }
             // One source always goes to the same verify tile, so its transactions reach the
@@ -648,7 +655,7 @@ pub fn start(
     let stats = Arc::new(FastPathStats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let verify_count = if cores.verify.is_empty() {
-        config.verify_tiles.max(1)
+        config.verify_tiles
     } else {
         cores.verify.len()
     };
@@ -687,9 +694,18 @@ pub fn start(
     // slots are first touched on that core's NUMA node; the producer ends are handed out.
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Vec<(Producer<Datagram>, Doorbell)>>();
+    let inline_verify = (verify_count == 0).then(|| VerifyTile {
+        backend: backend.clone(),
+        inbox: Vec::new(),
+        outboxes: Vec::new(),
+        poll: config.poll,
+        stats: stats.clone(),
+        stop: stop.clone(),
+    });
     let net = NetTile {
         route: 0,
         to_verify: Vec::new(),
+        inline_verify: None,
         replies: Vec::new(),
         poll: config.poll,
         bell: Doorbell::for_port(rtchain_dataplane::PortWaker::none()),
@@ -708,10 +724,17 @@ pub fn start(
             }
         };
         let bell = Doorbell::for_port(port.waker());
-        // One reply ring per verify tile, and the sequencer's last.
-        let (producers, replies): (Vec<_>, Vec<_>) = (0..=verify_count)
+        // One reply ring per verify tile (or one for verifying inline), and the sequencer's last.
+        let (mut producers, replies): (Vec<_>, Vec<_>) = (0..=verify_count.max(1))
             .map(|_| ring::channel_with(RING_SLOTS, Datagram::empty))
             .unzip();
+        let inline_verify = inline_verify.map(|mut verify| {
+            verify.outboxes.push(Outbox {
+                ring: producers.remove(0),
+                bell: bell.clone(),
+            });
+            verify
+        });
         let _ = opened_tx.send(Ok((bell.clone(), port.local_addr(), producers)));
         loop {
             match go_rx.recv_timeout(Duration::from_millis(100)) {
@@ -720,6 +743,7 @@ pub fn start(
                         to_verify,
                         replies,
                         bell,
+                        inline_verify,
                         ..net
                     }
                     .run(port);
