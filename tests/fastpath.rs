@@ -193,6 +193,17 @@ async fn socket_backend_answers_with_receipts() {
         .expect("the node prints its fast path address");
     let client = FastPathClient::connect(addr, TIMEOUT).unwrap();
     exercise(&node, client, UdpSocket::bind("0.0.0.0:0").unwrap(), 1).await;
+
+    // The counters an operator watches, over JSON-RPC.
+    let stats = Rpc::new(&node.url())
+        .ok("rtchain_nodeStats", serde_json::json!([]))
+        .await;
+    let fastpath = &stats["fastpath"];
+    assert_eq!(fastpath["backend"], "socket", "{stats}");
+    assert!(fastpath["receipts"].as_u64().unwrap() >= 9, "{stats}");
+    assert!(fastpath["rejects"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(fastpath["malformed"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["miniBlock"].as_u64().unwrap() > 0, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,12 @@ pub trait Backend: Send + Sync + 'static {
     fn client_version(&self) -> String;
     fn head(&self) -> ChainHead;
 
+    /// Operational counters for `rtchain_nodeStats` (packet I/O, fast path, pool): a JSON object
+    /// whose fields are documented in docs/operator.md. `null` when the node keeps none.
+    fn node_stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
     /// Sealed EVM blocks.
     fn block_by_number(&self, number: u64) -> Result<Option<Arc<SealedBlock>>, BackendError>;
     fn block_number_by_hash(&self, hash: B256) -> Result<Option<u64>, BackendError>;

@@ -258,6 +258,7 @@ macro_rules! blocking {
 
 pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
     inline!(module, "web3_clientVersion", client_version);
+    inline!(module, "rtchain_nodeStats", node_stats);
     inline!(module, "web3_sha3", sha3);
     inline!(module, "net_version", net_version);
     inline!(module, "net_listening", net_listening);
@@ -347,6 +348,11 @@ pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
 fn client_version(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<String> {
     Args::new(params, 0)?;
     Ok(ctx.backend.client_version())
+}
+
+fn node_stats(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<serde_json::Value> {
+    Args::new(params, 0)?;
+    Ok(ctx.backend.node_stats())
 }
 
 fn sha3(_: &RpcContext, params: &Params<'_>) -> RpcResult<B256> {

@@ -31,11 +31,20 @@ use super::chain::{Chain, Reply, Submission};
 
 pub struct NodeBackend {
     chain: Arc<Chain>,
+    /// Set once the fast path runs: its counters for `rtchain_nodeStats`.
+    fastpath: std::sync::OnceLock<super::fastpath::StatsHandle>,
 }
 
 impl NodeBackend {
     pub fn new(chain: Arc<Chain>) -> Self {
-        Self { chain }
+        Self {
+            chain,
+            fastpath: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn set_fastpath_stats(&self, stats: super::fastpath::StatsHandle) {
+        let _ = self.fastpath.set(stats);
     }
 
     pub fn chain(&self) -> &Arc<Chain> {
@@ -302,6 +311,20 @@ impl Backend for NodeBackend {
 
     fn client_version(&self) -> String {
         self.chain.client_version.clone()
+    }
+
+    fn node_stats(&self) -> serde_json::Value {
+        let (pending, queued_senders) = {
+            let pool = self.chain.pool.read();
+            (pool.pending_count(), pool.senders())
+        };
+        let state = self.chain.state.read();
+        serde_json::json!({
+            "head": state.head.number,
+            "miniBlock": state.last_mini_block,
+            "pool": { "pending": pending, "senders": queued_senders },
+            "fastpath": self.fastpath.get().map(super::fastpath::StatsHandle::to_json),
+        })
     }
 
     fn head(&self) -> ChainHead {

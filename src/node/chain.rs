@@ -133,6 +133,16 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Transactions accepted and not executed yet.
+    pub fn pending_count(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    /// Senders with transactions waiting.
+    pub fn senders(&self) -> usize {
+        self.by_sender.len()
+    }
+
     pub fn get(&self, hash: &B256) -> Option<&RecoveredTx> {
         self.by_hash.get(hash)
     }

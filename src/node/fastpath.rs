@@ -229,6 +229,38 @@ pub fn reject_code(error: &BackendError) -> RejectCode {
     }
 }
 
+/// The fast path's counters, readable from RPC (`rtchain_nodeStats`).
+#[derive(Clone)]
+pub struct StatsHandle {
+    pub backend: &'static str,
+    pub local_addr: SocketAddrV4,
+    pub stats: Arc<FastPathStats>,
+    /// The net tile's port counters, refreshed every 100 ms.
+    pub port: Arc<parking_lot::Mutex<PortStats>>,
+}
+
+impl StatsHandle {
+    pub fn to_json(&self) -> serde_json::Value {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.stats;
+        serde_json::json!({
+            "backend": self.backend,
+            "listen": self.local_addr.to_string(),
+            "submitted": get(&s.submitted),
+            "receipts": get(&s.receipts),
+            "rejects": get(&s.rejects),
+            "malformed": get(&s.malformed),
+            "rateLimited": get(&s.rate_limited),
+            "verifyRingFull": get(&s.verify_ring_full),
+            "replyRingFull": get(&s.reply_ring_full),
+            "replySendDropped": get(&s.reply_send_dropped),
+            "replyBudgetSpent": get(&s.reply_budget_spent),
+            "ignored": get(&s.ignored),
+            "port": *self.port.lock(),
+        })
+    }
+}
+
 /// The running fast path: its tiles, their counters, and how to stop them.
 pub struct FastPath {
     pub stats: Arc<FastPathStats>,
@@ -269,6 +301,15 @@ impl FastPathStats {
 }
 
 impl FastPath {
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle {
+            backend: self.backend,
+            local_addr: self.local_addr,
+            stats: self.stats.clone(),
+            port: self.port_stats[0].clone(),
+        }
+    }
+
     /// Stops the tiles and waits for them (their port, rings and DPDK device go with them).
     pub fn stop(self) {
         drop(self);

@@ -56,6 +56,7 @@ impl Node {
         let (fastpath, answers) = if config.fastpath.enabled {
             let (fastpath, answers) =
                 fastpath::start(&config.fastpath, &config.cores, backend.clone())?;
+            backend.set_fastpath_stats(fastpath.stats_handle());
             (Some(fastpath), answers)
         } else {
             (None, fastpath::Answers::none())
