@@ -27,9 +27,12 @@ const FAST_PORT: u16 = 8547;
 const REFLECTOR_PORT: u16 = 9000;
 
 fn golden(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
+    // The runner's CARGO_MANIFEST_DIR first: a test binary reused from a shared target
+    // directory may have been compiled in another checkout of the same tree.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    Path::new(&dir).join("tests/golden").join(name)
 }
 
 fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
