@@ -156,23 +156,6 @@ struct Target {
     listen: SocketAddrV4,
 }
 
-fn free_udp_port() -> Result<u16, BenchError> {
-    let socket = UdpSocket::bind("127.0.0.1:0")
-        .map_err(|e| BenchError::Local(format!("bind a loopback UDP port: {e}")))?;
-    Ok(socket
-        .local_addr()
-        .map_err(|e| BenchError::Local(e.to_string()))?
-        .port())
-}
-
-fn free_tcp_addr() -> Result<std::net::SocketAddr, BenchError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| BenchError::Local(format!("bind a loopback TCP port: {e}")))?;
-    listener
-        .local_addr()
-        .map_err(|e| BenchError::Local(e.to_string()))
-}
-
 /// A genesis funding `senders` with plenty of ether.
 fn write_genesis(dir: &std::path::Path, senders: &[Address]) -> Result<PathBuf, BenchError> {
     let alloc: serde_json::Map<String, serde_json::Value> = senders
@@ -211,7 +194,8 @@ pub fn bench_node_config(
         ..Default::default()
     };
     config.chain.genesis = genesis;
-    config.rpc.addr = free_tcp_addr()?;
+    // Port 0: the kernel picks free ports, the node reports them (no race with other processes).
+    config.rpc.addr = (Ipv4Addr::LOCALHOST, 0).into();
     config.fastpath.listen = listen;
     config.fastpath.poll = poll;
     config.fastpath.backend = match backend {
@@ -253,7 +237,7 @@ fn target(backend: UdpBackend) -> Result<Target, BenchError> {
     } else {
         Ok(Target {
             rig: None,
-            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_udp_port()?),
+            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
         })
     }
 }
@@ -379,13 +363,18 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
         .block_on(crate::node::Node::start(config))
         .map_err(|e| BenchError::Local(format!("node: {e}")))?;
 
+    // The address the node bound (the port the kernel chose for port 0).
+    let listen = node
+        .fastpath
+        .as_ref()
+        .map_or(target.listen, |fastpath| fastpath.local_addr);
     // Whatever happens next, the node is stopped before its data directory and rig go away.
-    let outcome = client_socket(target.rig.as_ref(), target.listen).and_then(|socket| {
+    let outcome = client_socket(target.rig.as_ref(), listen).and_then(|socket| {
         let rtt = wait_for_pong(&socket, Duration::from_secs(10))?;
         eprintln!(
             "bench udp: {} node up at udp://{} (ping {} us); {} tx/s for {} s",
             args.backend.name(),
-            target.listen,
+            listen,
             rtt.as_micros(),
             args.rate,
             args.duration_s

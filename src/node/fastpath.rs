@@ -241,23 +241,15 @@ pub struct StatsHandle {
 
 impl StatsHandle {
     pub fn to_json(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let s = &self.stats;
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "backend": self.backend,
             "listen": self.local_addr.to_string(),
-            "submitted": get(&s.submitted),
-            "receipts": get(&s.receipts),
-            "rejects": get(&s.rejects),
-            "malformed": get(&s.malformed),
-            "rateLimited": get(&s.rate_limited),
-            "verifyRingFull": get(&s.verify_ring_full),
-            "replyRingFull": get(&s.reply_ring_full),
-            "replySendDropped": get(&s.reply_send_dropped),
-            "replyBudgetSpent": get(&s.reply_budget_spent),
-            "ignored": get(&s.ignored),
             "port": *self.port.lock(),
-        })
+        });
+        for (_, name, value) in self.stats.counters() {
+            json[name] = value.into();
+        }
+        json
     }
 }
 
@@ -273,22 +265,49 @@ pub struct FastPath {
 }
 
 impl FastPathStats {
+    /// Every counter, with its name in the log line and in `rtchain_nodeStats`.
+    fn counters(&self) -> [(&'static str, &'static str, u64); 10] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("submitted", "submitted", get(&self.submitted)),
+            ("receipts", "receipts", get(&self.receipts)),
+            ("rejects", "rejects", get(&self.rejects)),
+            ("malformed", "malformed", get(&self.malformed)),
+            ("rate_limited", "rateLimited", get(&self.rate_limited)),
+            (
+                "verify_ring_full",
+                "verifyRingFull",
+                get(&self.verify_ring_full),
+            ),
+            (
+                "reply_ring_full",
+                "replyRingFull",
+                get(&self.reply_ring_full),
+            ),
+            (
+                "reply_send_dropped",
+                "replySendDropped",
+                get(&self.reply_send_dropped),
+            ),
+            (
+                "reply_budget_spent",
+                "replyBudgetSpent",
+                get(&self.reply_budget_spent),
+            ),
+            ("ignored", "ignored", get(&self.ignored)),
+        ]
+    }
+
     /// One line of counters: what an operator watches for drops and refusals.
     pub fn summary(&self, port: &PortStats) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "rx {} tx {} submitted {} receipts {} rejects {} malformed {} rate_limited {} verify_ring_full {} reply_ring_full {} reply_send_dropped {} reply_budget_spent {} | port: rx_dropped {} tx_dropped {} bad_frames {} fragments {} no_buffers {} reflected {} arp_replies {}",
-            port.rx_packets,
-            port.tx_packets,
-            get(&self.submitted),
-            get(&self.receipts),
-            get(&self.rejects),
-            get(&self.malformed),
-            get(&self.rate_limited),
-            get(&self.verify_ring_full),
-            get(&self.reply_ring_full),
-            get(&self.reply_send_dropped),
-            get(&self.reply_budget_spent),
+        use std::fmt::Write as _;
+        let mut line = format!("rx {} tx {}", port.rx_packets, port.tx_packets);
+        for (name, _, value) in self.counters() {
+            let _ = write!(line, " {name} {value}");
+        }
+        let _ = write!(
+            line,
+            " | port: rx_dropped {} tx_dropped {} bad_frames {} fragments {} no_buffers {} reflected {} arp_replies {}",
             port.rx_dropped,
             port.tx_dropped,
             port.bad_frames,
@@ -296,7 +315,8 @@ impl FastPathStats {
             port.no_buffers,
             port.reflected,
             port.arp_replies,
-        )
+        );
+        line
     }
 }
 
