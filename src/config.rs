@@ -25,6 +25,73 @@ pub struct NodeConfig {
     pub fastpath: FastPathSection,
     /// Which cores run which tiles. Empty: nothing pinned (shared hosts, CI).
     pub cores: CoreMap,
+    /// BFT replication among validators (docs/consensus.md). No validators: one sequencer.
+    pub consensus: ConsensusSection,
+}
+
+/// `[consensus]`: this node as one of n = 3f+1 validators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsensusSection {
+    /// Every validator, in index order (the same list on every validator). Empty: no
+    /// replication, this node sequences and finalizes alone.
+    pub validators: Vec<ValidatorEntry>,
+    /// Our ed25519 key (`rtchain keys generate`); its public key must be in `validators`.
+    pub key_file: Option<PathBuf>,
+    /// Where we receive consensus datagrams (our entry's `addr` is where peers send them).
+    pub listen: Option<SocketAddrV4>,
+    /// Packet I/O for consensus messages: `socket` or `io-uring`.
+    pub backend: BackendKind,
+    /// `always` (default): votes, voted blocks and finalized mini-blocks are synced before they
+    /// are sent or acknowledged. `off`: benchmarks only; a crash can make a validator sign
+    /// conflicting votes.
+    pub sync: ConsensusSync,
+    /// From entering a view until we nullify it if no valid proposal arrived.
+    pub timeout_leader_ms: u64,
+    /// From notarizing until we nullify a view that did not complete.
+    pub timeout_notarization_ms: u64,
+    /// While stuck in a view: how often votes and certificates are re-sent.
+    pub timeout_retry_ms: u64,
+    /// The leader waits at most this long for transactions before proposing an empty block.
+    pub propose_idle_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorEntry {
+    /// The validator's public key, hex (`rtchain keys show`).
+    pub key: String,
+    /// Its consensus address.
+    pub addr: SocketAddrV4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsensusSync {
+    Always,
+    Off,
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        Self {
+            validators: Vec::new(),
+            key_file: None,
+            listen: None,
+            backend: BackendKind::Socket,
+            sync: ConsensusSync::Always,
+            timeout_leader_ms: 100,
+            timeout_notarization_ms: 150,
+            timeout_retry_ms: 25,
+            propose_idle_ms: 10,
+        }
+    }
+}
+
+impl ConsensusSection {
+    pub fn enabled(&self) -> bool {
+        !self.validators.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +207,7 @@ impl Default for NodeConfig {
             storage: StorageSection::default(),
             fastpath: FastPathSection::default(),
             cores: CoreMap::default(),
+            consensus: ConsensusSection::default(),
         }
     }
 }
@@ -224,6 +292,28 @@ impl NodeConfig {
             }
             if self.cores.net.len() > 1 {
                 return Err("cores.net: the node runs one net tile; list one core".into());
+            }
+        }
+        let c = &self.consensus;
+        if c.enabled() {
+            if c.validators.len() < 4 {
+                return Err(format!(
+                    "consensus.validators lists {} validators; BFT needs n = 3f+1 >= 4",
+                    c.validators.len()
+                ));
+            }
+            if c.key_file.is_none() {
+                return Err("consensus.key_file is required when consensus.validators is set (create one with `rtchain keys generate --out FILE`)".into());
+            }
+            if c.backend == BackendKind::Dpdk {
+                return Err("consensus.backend: use socket or io-uring (DPDK serves the fast path only: EAL runs once per process)".into());
+            }
+            if c.timeout_leader_ms == 0 || c.timeout_notarization_ms == 0 || c.timeout_retry_ms == 0
+            {
+                return Err("consensus timeouts must be > 0".into());
+            }
+            if c.propose_idle_ms >= c.timeout_leader_ms {
+                return Err("consensus.propose_idle_ms must be below consensus.timeout_leader_ms (or every idle view times out)".into());
             }
         }
         if self.storage.minilog_size_bytes < (1 << 20) {

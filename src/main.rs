@@ -4,12 +4,13 @@
 //! node from a TOML config), `statetest` (ethereum/tests through our executor), `bench`.
 
 mod bench;
+mod cluster;
 mod config;
 mod keys;
 mod node;
 mod statetest;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -92,6 +93,9 @@ enum BenchCommand {
     Udp(bench::UdpBenchArgs),
     /// The pktgen-compatible reflector's round trip, against dpdk-testpmd 5tswap on one rig.
     Reflect(bench::ReflectBenchArgs),
+    /// A validator cluster on this machine: proposal-to-finalized and submit-to-finalized
+    /// latency.
+    Consensus(bench::ConsensusBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,6 +124,12 @@ struct DevnetArgs {
     /// Serve no UDP fast path.
     #[arg(long)]
     no_fastpath: bool,
+    /// Run this many validator processes (n = 3f+1 >= 4) replicating by BFT on loopback.
+    /// Validator i serves RPC on the RPC port + 10 i, the fast path on its port + 10 i and
+    /// consensus on the RPC port + 4 + 10 i (port 0: free ports). Keys, configs, data and logs
+    /// go to DATA_DIR/v{i}/.
+    #[arg(long, default_value_t = 1)]
+    validators: usize,
 }
 
 fn main() -> ExitCode {
@@ -201,6 +211,9 @@ fn main() -> ExitCode {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            Command::Bench(BenchCommand::Consensus(args)) => bench::run_consensus_bench(args)
+                .await
+                .map_err(|e| e.to_string()),
             Command::Bench(BenchCommand::Exec(args)) => bench::run_exec_bench(args)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -228,6 +241,9 @@ fn main() -> ExitCode {
 }
 
 async fn devnet(args: DevnetArgs) -> Result<(), String> {
+    if args.validators > 1 {
+        return devnet_cluster(args).await;
+    }
     let (data_dir, _temp) = match args.data_dir {
         Some(dir) => (dir, None),
         None => {
@@ -265,6 +281,72 @@ async fn devnet(args: DevnetArgs) -> Result<(), String> {
         None
     };
     run_node(config, banner).await
+}
+
+/// `devnet --validators N`: N `rtchain node` processes on loopback, stopped together.
+async fn devnet_cluster(args: DevnetArgs) -> Result<(), String> {
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let (dir, _temp) = cluster::cluster_dir(args.data_dir)?;
+    if args.unsafe_no_sync {
+        eprintln!(
+            "WARNING: --unsafe-no-sync: votes and mini-blocks are not synced; a crash can lose acknowledged transactions and make a validator equivocate"
+        );
+    }
+    let spec = cluster::ClusterSpec {
+        dir: dir.clone(),
+        validators: args.validators,
+        chain_id: args.chain_id,
+        genesis: args.genesis.clone(),
+        block_interval_ms: args.block_interval_ms,
+        sync: if args.unsafe_no_sync {
+            config::ConsensusSync::Off
+        } else {
+            config::ConsensusSync::Always
+        },
+        rpc_base_port: args.rpc_addr.port(),
+        fastpath_base_port: (!args.no_fastpath).then_some(args.fastpath_addr.port()),
+    };
+    let mut validators = tokio::task::spawn_blocking(move || cluster::launch(&spec))
+        .await
+        .map_err(|e| e.to_string())??;
+    println!(
+        "rtchain {} cluster of {} validators in {}",
+        env!("CARGO_PKG_VERSION"),
+        validators.len(),
+        dir.display()
+    );
+    cluster::print_validators(&validators);
+    println!("Chain id: {}", args.chain_id);
+    if args.genesis.is_none() {
+        print_dev_accounts();
+    }
+    tokio::pin!(shutdown);
+    let mut exited = vec![false; validators.len()];
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for v in validators.iter_mut() {
+                    if let Some(child) = &mut v.child
+                        && let Ok(Some(status)) = child.try_wait()
+                        && !exited[v.index]
+                    {
+                        exited[v.index] = true;
+                        eprintln!("validator {} exited ({status}); see {}", v.index, v.log_path.display());
+                    }
+                }
+            }
+        }
+    }
+    println!("shutting down");
+    tokio::task::spawn_blocking(move || {
+        for v in &mut validators {
+            v.stop(Duration::from_secs(10));
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// The incremental root must never drift from the flat state: recompute it from scratch over the

@@ -151,8 +151,8 @@ pub trait DatagramPort: Send {
     /// Moves up to `out.len()` received datagrams into `out` without blocking; returns how many.
     fn recv_burst(&mut self, out: &mut [Datagram]) -> Result<usize, PortError>;
 
-    /// Sends datagrams from the front of `datagrams`; returns how many left. Those not sent may
-    /// be retried (the queue was full).
+    /// Sends datagrams from the front of `datagrams`; returns how many were handled (sent, or
+    /// dropped as unsendable). The rest may be retried (the queue was full).
     fn send_burst(&mut self, datagrams: &[Datagram]) -> Result<usize, PortError>;
 
     /// Waits until something may be received, the waker fires, or `timeout` passes. Returns at

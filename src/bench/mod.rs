@@ -14,6 +14,7 @@
 
 mod anvil;
 mod chain;
+pub mod consensus;
 mod erc20;
 pub mod error;
 pub mod exec;
@@ -22,6 +23,7 @@ pub mod report;
 pub mod rpc;
 pub mod udp;
 
+pub use consensus::{ConsensusBenchArgs, run_consensus_bench};
 pub use exec::{ExecBenchArgs, run_exec_bench};
 pub use reflect::{ReflectBenchArgs, run_reflect_bench};
 pub use rpc::{RpcBenchArgs, run_rpc_bench};

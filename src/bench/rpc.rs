@@ -172,6 +172,10 @@ pub struct RpcBenchArgs {
     /// Private key of the account that funds the senders and deploys the token.
     #[arg(long, value_name = "HEX", default_value = FUNDER_KEY_DEFAULT)]
     pub funder_key: String,
+
+    /// Print nothing (a caller such as `bench consensus` reports the results its own way).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 impl RpcBenchArgs {
@@ -263,7 +267,11 @@ pub async fn run_rpc_bench(args: RpcBenchArgs) -> Result<Vec<BenchResult>, Bench
     for target in &targets {
         match context.bench_target(target).await {
             Ok(result) => {
-                let emitted = result.emit(args.out.as_deref());
+                let emitted = if args.quiet {
+                    Ok(())
+                } else {
+                    result.emit(args.out.as_deref())
+                };
                 results.push(result);
                 if let Err(e) = emitted {
                     outcome = Err(e);

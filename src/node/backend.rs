@@ -33,6 +33,8 @@ pub struct NodeBackend {
     chain: Arc<Chain>,
     /// Set once the fast path runs: its counters for `rtchain_nodeStats`.
     fastpath: std::sync::OnceLock<super::fastpath::StatsHandle>,
+    /// Set when this node is a validator: replication counters for `rtchain_nodeStats`.
+    consensus: std::sync::OnceLock<Arc<super::sequencer::ConsensusStats>>,
 }
 
 impl NodeBackend {
@@ -40,7 +42,12 @@ impl NodeBackend {
         Self {
             chain,
             fastpath: std::sync::OnceLock::new(),
+            consensus: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_consensus_stats(&self, stats: Arc<super::sequencer::ConsensusStats>) {
+        let _ = self.consensus.set(stats);
     }
 
     pub fn set_fastpath_stats(&self, stats: super::fastpath::StatsHandle) {
@@ -324,12 +331,14 @@ impl Backend for NodeBackend {
             "miniBlock": state.last_mini_block,
             "pool": { "pending": pending, "senders": queued_senders },
             "fastpath": self.fastpath.get().map(super::fastpath::StatsHandle::to_json),
+            "consensus": self.consensus.get().map(|c| c.to_json()),
         })
     }
 
     fn head(&self) -> ChainHead {
         let state = self.chain.state.read();
-        // One validator: a sealed block is final the moment it is written.
+        // Alone, a sealed block is final the moment it is written; as a validator, only
+        // finalized mini-blocks are ever committed, so again every sealed block is final.
         ChainHead {
             block_number: state.head.number,
             block_hash: state.head.hash,

@@ -6,7 +6,6 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
 };
 
@@ -121,7 +120,7 @@ pub struct Chain {
     pub recent: RwLock<VecDeque<Arc<SealedBlock>>>,
     /// Transactions accepted but not executed yet (in the channel or waiting for a nonce gap).
     pub pool: RwLock<Pool>,
-    ingress: SyncSender<Submission>,
+    ingress: crossbeam_channel::Sender<Submission>,
     shutdown: AtomicBool,
 }
 
@@ -201,7 +200,7 @@ impl Pool {
 
 /// What the sequencer starts from.
 pub struct Recovered {
-    pub ingress: Receiver<Submission>,
+    pub ingress: crossbeam_channel::Receiver<Submission>,
     pub minilog: MiniLog,
     /// Log records after the newest committed block, to replay.
     pub replay: Vec<LogRecord>,
@@ -237,8 +236,10 @@ impl Chain {
             Err(e) => {
                 self.pool.write().remove(&hash);
                 Err(match e {
-                    TrySendError::Full(_) => BackendError::PoolFull("txpool is full".into()),
-                    TrySendError::Disconnected(_) => {
+                    crossbeam_channel::TrySendError::Full(_) => {
+                        BackendError::PoolFull("txpool is full".into())
+                    }
+                    crossbeam_channel::TrySendError::Disconnected(_) => {
                         BackendError::Unavailable("sequencer stopped".into())
                     }
                 })
@@ -260,6 +261,17 @@ impl Chain {
         let layers = self.state.read().layers.clone();
         LiveState {
             layered: LayeredState::new(layers, self.store.view()),
+            chain: self,
+        }
+    }
+
+    /// The newest state with `extra` layers on top: a block being verified on a parent that is
+    /// executed but not yet committed.
+    pub fn state_with(&self, extra: &[Arc<rtchain_exec::StateDiff>]) -> LiveState<'_> {
+        let mut diffs = self.state.read().layers.diffs.clone();
+        diffs.extend(extra.iter().cloned());
+        LiveState {
+            layered: LayeredState::new(Arc::new(Layers { diffs }), self.store.view()),
             chain: self,
         }
     }
@@ -410,7 +422,7 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
     )?;
     let replay = records_to_replay(records, &head);
 
-    let (ingress, rx) = sync_channel(config.sequencer.max_pending_txs);
+    let (ingress, rx) = crossbeam_channel::bounded(config.sequencer.max_pending_txs);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
     let (sealed, _) = watch::channel(head.number);
     let state = ChainState {

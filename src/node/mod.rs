@@ -5,6 +5,7 @@ mod backend;
 mod chain;
 pub mod fastpath;
 mod sequencer;
+mod transport;
 
 use std::sync::Arc;
 
@@ -61,7 +62,10 @@ impl Node {
         } else {
             (None, fastpath::Answers::none())
         };
-        let sequencer = sequencer::spawn(chain.clone(), recovered, answers, &config.cores)?;
+        let (sequencer, consensus) = sequencer::spawn(chain.clone(), recovered, answers, &config)?;
+        if let Some(stats) = consensus {
+            backend.set_consensus_stats(stats);
+        }
         let rpc_config = rtchain_rpc::RpcConfig {
             addr: config.rpc.addr,
             max_connections: config.rpc.max_connections,

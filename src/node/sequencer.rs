@@ -14,7 +14,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc,
-        mpsc::{RecvTimeoutError, SyncSender, sync_channel},
+        mpsc::{SyncSender, sync_channel},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -40,6 +40,10 @@ use super::{
     fastpath::Answers,
 };
 
+mod replica;
+
+pub use replica::ConsensusStats;
+
 /// Room kept in the mini-block log for the open block's seal record.
 const SEAL_RESERVE_BYTES: usize = 256;
 
@@ -63,7 +67,7 @@ struct OpenBlock {
 struct Sequencer {
     chain: Arc<Chain>,
     minilog: MiniLog,
-    ingress: std::sync::mpsc::Receiver<Submission>,
+    ingress: crossbeam_channel::Receiver<Submission>,
     open: Option<OpenBlock>,
     /// Future-nonce transactions, per sender by nonce, until the gap fills.
     queued: HashMap<Address, BTreeMap<u64, Submission>>,
@@ -101,12 +105,15 @@ struct ClosedBlock {
 /// slows execution instead of growing memory.
 const MAX_BLOCKS_IN_FLIGHT: usize = 8;
 
+/// Starts the sequencer (and, with `[consensus]` validators, its replication); returns its tile
+/// and the replication counters.
 pub fn spawn(
     chain: Arc<Chain>,
     recovered: Recovered,
     answers: Answers,
-    cores: &CoreMap,
-) -> Result<TileHandle<()>, NodeError> {
+    config: &crate::config::NodeConfig,
+) -> Result<(TileHandle<()>, Option<Arc<ConsensusStats>>), NodeError> {
+    let cores = &config.cores;
     let core = cores.sequencer;
     let executor = executor(chain.sequencer.exec_threads, cores)?;
     let durable_mini = chain.state.read().head.last_mini_block;
@@ -148,8 +155,24 @@ pub fn spawn(
         .map_err(|e| NodeError::Recovery(format!("cannot start the sealer thread: {e}")))?;
     sequencer.to_sealer = Some(to_sealer);
     sequencer.sealer_thread = Some(sealer_thread);
-    rtchain_dataplane::tile::spawn_tile("sequencer", core, move || {
-        if let Err(e) = sequencer.run() {
+    let replica = if config.consensus.enabled() {
+        let (peers_tx, peers_rx) = crossbeam_channel::bounded(65_536);
+        Some(replica::Replica::open(
+            config,
+            &sequencer.chain,
+            peers_tx,
+            peers_rx,
+        )?)
+    } else {
+        None
+    };
+    let stats = replica.as_ref().map(|r| r.stats.clone());
+    let tile = rtchain_dataplane::tile::spawn_tile("sequencer", core, move || {
+        let result = match replica {
+            Some(replica) => sequencer.run_replicated(replica),
+            None => sequencer.run(),
+        };
+        if let Err(e) = result {
             // Storage or log failure: stop sequencing rather than acknowledge what cannot be
             // kept. RPC keeps serving reads and refuses new transactions.
             tracing::error!("sequencer stopped: {e}");
@@ -161,7 +184,8 @@ pub fn spawn(
             let _ = handle.join();
         }
     })
-    .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
+    .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))?;
+    Ok((tile, stats))
 }
 
 /// The mini-block executor. `threads` counts the sequencer thread, which executes too (on
@@ -241,7 +265,7 @@ impl Sequencer {
                             "seal of block {block_number} but block {number} is open"
                         )));
                     }
-                    self.close_block(false)?;
+                    self.close_block(false, Some(timestamp_us))?;
                 }
             }
         }
@@ -262,7 +286,7 @@ impl Sequencer {
         loop {
             if self.chain.is_shut_down() {
                 if self.open.is_some() {
-                    self.close_block(true)?;
+                    self.close_block(true, None)?;
                 }
                 return Ok(());
             }
@@ -272,7 +296,7 @@ impl Sequencer {
                 None => self.last_seal + idle,
             };
             if now >= deadline {
-                self.close_block(true)?;
+                self.close_block(true, None)?;
                 continue;
             }
             // A mini-block is bounded in transactions and in bytes; what does not fit waits at
@@ -306,8 +330,8 @@ impl Sequencer {
                     Ok(s) => {
                         take(&mut batch, s, &mut self.ready);
                     }
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
             while batch.len() < max_txs && self.ready.is_empty() {
@@ -345,7 +369,7 @@ impl Sequencer {
             return Ok(());
         }
         if self.open.is_some() {
-            let number = self.close_block(true)?;
+            let number = self.close_block(true, None)?;
             self.chain.wait_sealed(number);
             self.sync_store()?;
             if self.minilog.has_room(needed, self.durable_mini) {
@@ -443,15 +467,15 @@ impl Sequencer {
             self.commit_mini_block(
                 included,
                 result.diff,
-                result.gas_used,
-                result.logs,
+                (result.gas_used, result.logs),
                 replay,
+                replay.is_none(),
                 &mut replies,
             )?;
         }
         if !deferred.is_empty() {
             // The open block is full: seal it and offer the rest to the next block first.
-            self.close_block(true)?;
+            self.close_block(true, None)?;
             for s in deferred.into_iter().rev() {
                 self.ready.push_front(s);
             }
@@ -463,9 +487,9 @@ impl Sequencer {
         &mut self,
         included: Vec<(RecoveredTx, TxReceipt)>,
         diff: StateDiff,
-        gas_used: u64,
-        logs: u64,
+        (gas_used, logs): (u64, u64),
         replay: Option<(u64, u64, B256)>,
+        log: bool,
         replies: &mut HashMap<B256, Reply>,
     ) -> Result<(), NodeError> {
         let (parent_hash, number) = {
@@ -486,7 +510,7 @@ impl Sequencer {
             None => now_us(),
         };
         let open = self.open.as_mut().expect("an open block while executing");
-        if replay.is_none() {
+        if log {
             let record = LogRecord::MiniBlock(MiniBlockRecord {
                 number,
                 timestamp_us,
@@ -659,12 +683,12 @@ impl Sequencer {
     /// Closes the open block (or an empty one when idle): logs its seal durably, hands it to
     /// the sealer, and makes its successor openable at once. `log` is false during replay (the
     /// seal is logged already), when the block is also sealed inline. Returns the block number.
-    fn close_block(&mut self, log: bool) -> Result<u64, NodeError> {
+    fn close_block(&mut self, log: bool, empty_at_us: Option<u64>) -> Result<u64, NodeError> {
         let open = match self.open.take() {
             Some(open) => open,
             None => {
                 let parent = self.chain.state.read().closed_parent;
-                let at = now_us();
+                let at = empty_at_us.unwrap_or_else(now_us);
                 let ctx = next_block_context(&self.chain.exec, &parent, at);
                 self.open_block(ctx, at);
                 self.open.take().expect("just opened")

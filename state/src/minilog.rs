@@ -86,7 +86,8 @@ impl LogRecord {
         }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the record's encoding (the log's and the consensus payload's format).
+    pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             LogRecord::MiniBlock(m) => {
                 out.push(1);
@@ -114,7 +115,8 @@ impl LogRecord {
         }
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    /// Decodes one record; `None` if it is malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader::new(bytes, "mini-block log");
         match r.u8().ok()? {
             1 => {

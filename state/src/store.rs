@@ -282,6 +282,44 @@ impl Store {
         Ok(())
     }
 
+    /// Replication metadata (the consensus anchor, blocks voted for but not yet finalized),
+    /// kept in the meta family under `consensus/`. `sync` makes the write durable before
+    /// returning; without it the write survives a process crash but not a power loss.
+    pub fn put_consensus(&self, key: &[u8], value: &[u8], sync: bool) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db
+            .put_cf_opt(self.cf(CF_META), consensus_key(key), value, &options)?;
+        Ok(())
+    }
+
+    pub fn get_consensus(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), consensus_key(key))?)
+    }
+
+    pub fn delete_consensus(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.db.delete_cf(self.cf(CF_META), consensus_key(key))?;
+        Ok(())
+    }
+
+    /// Every replication entry whose key starts with `prefix`: (key without `consensus/`, value).
+    pub fn consensus_entries(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let full = consensus_key(prefix);
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.cf(CF_META),
+            rocksdb::IteratorMode::From(&full, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(&full) {
+                break;
+            }
+            out.push((key[CONSENSUS_PREFIX.len()..].to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Makes every committed block durable (syncs RocksDB's WAL).
     pub fn sync(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true)?;
@@ -566,6 +604,17 @@ fn log_key(prefix: u8, key: &[u8], number: u64) -> Vec<u8> {
     k.extend_from_slice(key);
     k.extend_from_slice(&number.to_be_bytes());
     k
+}
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+const CONSENSUS_PREFIX: &[u8] = b"consensus/";
+
+fn consensus_key(key: &[u8]) -> Vec<u8> {
+    let mut full = CONSENSUS_PREFIX.to_vec();
+    full.extend_from_slice(key);
+    full
 }
 
 fn sync_write() -> WriteOptions {

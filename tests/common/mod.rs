@@ -98,6 +98,22 @@ impl Devnet {
         Self::spawn(command, data_dir, port)
     }
 
+    /// Starts (or restarts) `rtchain node --config FILE` with a config written elsewhere (a
+    /// cluster validator's), serving RPC on `port`.
+    pub fn start_config_file(config: &Path, data_dir: &Path, port: u16) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rtchain"));
+        command.arg("node").arg("--config").arg(config);
+        Self::spawn(command, data_dir, port)
+    }
+
+    /// SIGSTOP or SIGCONT.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a valid pid of our own child and a standard signal.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
     fn spawn(mut command: Command, data_dir: &Path, port: u16) -> Self {
         let mut child = command
             .env("RUST_LOG", "warn")

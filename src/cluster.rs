@@ -1,0 +1,268 @@
+//! Several validator processes on this machine: `rtchain devnet --validators N` and
+//! `rtchain bench consensus`. Each validator is an ordinary `rtchain node --config FILE`
+//! process with its own key, data directory, RPC port and log file.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::config::{ConsensusSync, NodeConfig, ValidatorEntry};
+
+/// What the validators share.
+pub struct ClusterSpec {
+    pub dir: PathBuf,
+    pub validators: usize,
+    pub chain_id: u64,
+    pub genesis: Option<PathBuf>,
+    pub block_interval_ms: u64,
+    pub sync: ConsensusSync,
+    /// First RPC port (validator i gets base + 10 i); 0: free ports.
+    pub rpc_base_port: u16,
+    /// First fast-path port (validator i gets base + 10 i), 0: free ports; `None`: no fast path.
+    pub fastpath_base_port: Option<u16>,
+}
+
+/// One validator process.
+pub struct Validator {
+    pub index: usize,
+    pub config_path: PathBuf,
+    pub config: NodeConfig,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+fn free_tcp_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+fn free_udp_port() -> Result<u16, String> {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
+}
+
+fn port(base: u16, i: usize, free: fn() -> Result<u16, String>) -> Result<u16, String> {
+    if base == 0 {
+        free()
+    } else {
+        u16::try_from(base as usize + 10 * i)
+            .map_err(|_| format!("port {base} + {} is out of range", 10 * i))
+    }
+}
+
+/// Writes (or reuses) each validator's key and writes its config. Keys are kept across runs in
+/// `dir/v{i}/validator.key`, so a cluster directory can be restarted.
+pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
+    if spec.validators < 4 {
+        return Err(format!(
+            "--validators {}: BFT needs n = 3f+1 >= 4 validators",
+            spec.validators
+        ));
+    }
+    let mut keys = Vec::new();
+    for i in 0..spec.validators {
+        let dir = spec.dir.join(format!("v{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let key_path = dir.join("validator.key");
+        let key = if key_path.exists() {
+            crate::keys::load(&key_path).map_err(|e| e.to_string())?
+        } else {
+            crate::keys::generate(&key_path).map_err(|e| e.to_string())?
+        };
+        keys.push((key_path, crate::keys::public_hex(&key)));
+    }
+    let consensus_base = if spec.rpc_base_port == 0 {
+        0
+    } else {
+        spec.rpc_base_port + 4
+    };
+    let mut entries = Vec::new();
+    for (i, (_, public)) in keys.iter().enumerate() {
+        entries.push(ValidatorEntry {
+            key: public.clone(),
+            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(consensus_base, i, free_udp_port)?),
+        });
+    }
+    let mut out = Vec::new();
+    for (i, (key_path, _)) in keys.into_iter().enumerate() {
+        let dir = spec.dir.join(format!("v{i}"));
+        let mut config = NodeConfig {
+            data_dir: dir.join("data"),
+            ..NodeConfig::default()
+        };
+        config.rpc.addr = SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port(spec.rpc_base_port, i, free_tcp_port)?,
+        ));
+        config.chain.chain_id = spec.chain_id;
+        config.chain.genesis = spec.genesis.clone();
+        config.sequencer.block_interval_ms = spec.block_interval_ms;
+        config.sequencer.idle_block_interval_ms = config
+            .sequencer
+            .idle_block_interval_ms
+            .max(spec.block_interval_ms);
+        // Four processes share this machine's cores: one executor thread each.
+        config.sequencer.exec_threads = 1;
+        match spec.fastpath_base_port {
+            Some(base) => {
+                config.fastpath.listen =
+                    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(base, i, free_udp_port)?);
+                config.fastpath.verify_tiles = 0;
+            }
+            None => config.fastpath.enabled = false,
+        }
+        if spec.sync == ConsensusSync::Off {
+            config.storage.minilog_sync = rtchain_state::minilog::SyncMode::Off;
+        }
+        config.consensus.validators = entries.clone();
+        config.consensus.key_file = Some(key_path);
+        config.consensus.sync = spec.sync;
+        config.validate()?;
+        let config_path = dir.join("node.toml");
+        let text = toml::to_string(&config).map_err(|e| format!("config: {e}"))?;
+        std::fs::write(&config_path, text)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        out.push(Validator {
+            index: i,
+            config_path,
+            log_path: dir.join("node.log"),
+            config,
+            child: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Prepares the validators, starts them all and waits until each serves RPC.
+pub fn launch(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
+    let mut validators = prepare(spec)?;
+    for v in &mut validators {
+        v.start()?;
+    }
+    for v in &mut validators {
+        v.wait_ready(Duration::from_secs(60))?;
+    }
+    Ok(validators)
+}
+
+impl Validator {
+    /// Starts `rtchain node --config` for this validator, its output appended to its log.
+    pub fn start(&mut self) -> Result<(), String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the rtchain binary: {e}"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(|e| format!("{}: {e}", self.log_path.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start validator {}: {e}", self.index))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until its RPC port accepts connections (or the process exits).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "validator {} exited at start ({status}); see {}",
+                    self.index,
+                    self.log_path.display()
+                ));
+            }
+            if TcpStream::connect_timeout(&self.config.rpc.addr, Duration::from_millis(200)).is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "validator {} did not serve RPC within {timeout:?}; see {}",
+                    self.index,
+                    self.log_path.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait (SIGKILL after `grace`).
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Validator {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The data directory for a cluster: `dir` if given, else a temporary one (deleted on drop).
+pub fn cluster_dir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::TempDir>), String> {
+    match dir {
+        Some(dir) => Ok((dir, None)),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("rtchain-cluster-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            Ok((temp.path().to_owned(), Some(temp)))
+        }
+    }
+}
+
+/// Prints where each validator serves.
+pub fn print_validators(validators: &[Validator]) {
+    for v in validators {
+        let fast = if v.config.fastpath.enabled {
+            format!("  fast path: udp://{}", v.config.fastpath.listen)
+        } else {
+            String::new()
+        };
+        println!(
+            "Validator {}: RPC: http://{}{fast}  consensus: udp://{}  pid {}  log {}",
+            v.index,
+            v.config.rpc.addr,
+            v.config.consensus.validators[v.index].addr,
+            v.child.as_ref().map_or(0, |c| c.id()),
+            v.log_path.display()
+        );
+    }
+}

@@ -1,0 +1,1322 @@
+//! The sequencer as one validator of a replicated chain (`[consensus]` in the config).
+//!
+//! The same thread that executes mini-blocks drives the consensus engine (`rtchain-consensus`):
+//! it feeds the engine peers' messages, timer expiries and its own execution results, and
+//! performs the engine's effects. So execution and consensus share no locks.
+//!
+//! - **Payload.** A consensus block carries mini-block log records (`LogRecord`): at most one
+//!   mini-block (the transactions, the EVM block context it executes in, its receipts root) and
+//!   seals of EVM blocks. The leader decides when an EVM block closes, so every validator seals
+//!   the same blocks at the same points.
+//! - **Commitment.** keccak256 chained over the parent's commitment, each mini-block's header
+//!   hash and a canonical digest of its state diff, and each seal: equal commitments mean equal
+//!   receipts and an equal post-state (the parent's being equal by induction).
+//! - **Speculation.** A proposal is executed as soon as it arrives, on its parent's state: the
+//!   committed state plus the diffs of the not-yet-finalized ancestors it extends. Nothing is
+//!   committed until the engine delivers the block as finalized; then the speculative result is
+//!   committed (mini-block log, state, receipts to waiting clients, seals) without executing
+//!   again. A receipt is therefore only ever sent for a finalized transaction.
+//! - **Durability.** Votes go to the vote log (one sync per engine step) before they are sent; a
+//!   block we vote for is stored (synced) before we vote; the anchor (the last delivered block)
+//!   is written after each delivery. After a crash the mini-block log replays what was
+//!   committed, the stored blocks are handed back to the engine, and any block the anchor had
+//!   not recorded yet is recognised as applied by its mini-block and block numbers.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use alloy_primitives::{B256, keccak256};
+use parking_lot::Mutex;
+use rtchain_consensus::{
+    Anchor, Block, Config as EngineConfig, Digest, Effect, Engine, Event, Finalized, Height, Msg,
+    Target, Validators, View, VoteLog, VoteLogConfig, votelog::FileStorage,
+};
+use rtchain_exec::{
+    BlockContext, MiniBlockHeader, RecoveredTx, StateDiff, TxOutcome, TxReceipt, receipt,
+};
+use rtchain_state::{LogRecord, MiniLog, minilog::MiniBlockRecord};
+
+use super::{NodeError, Sequencer};
+use crate::{
+    config::{ConsensusSection, ConsensusSync, NodeConfig},
+    node::{
+        chain::{ParentInfo, Reply, Submission, next_block_context, now_us},
+        transport::{Framer, Transport, link_key},
+    },
+};
+
+/// How far ahead of our clock a leader's timestamps may be.
+const MAX_CLOCK_AHEAD_US: u64 = 10_000_000;
+
+/// Execution position after some block: what the next mini-block or seal needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Point {
+    last_mini: u64,
+    last_mini_hash: B256,
+    open: Option<OpenPoint>,
+    closed_parent: ParentInfo,
+    commitment: B256,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OpenPoint {
+    ctx: BlockContext,
+    opened_at_us: u64,
+    gas_used: u64,
+    logs: u64,
+}
+
+/// What committing a block does, in order.
+enum Step {
+    Mini {
+        record: MiniBlockRecord,
+        receipts: Vec<TxReceipt>,
+        diff: Arc<StateDiff>,
+        gas_used: u64,
+        logs: u64,
+    },
+    Seal {
+        block_number: u64,
+        timestamp_us: u64,
+    },
+}
+
+/// A block executed on its parent's state but not finalized yet.
+struct Spec {
+    parent: Digest,
+    height: Height,
+    point: Point,
+    diffs: Vec<Arc<StateDiff>>,
+    steps: Vec<Step>,
+}
+
+/// The delivered tip: the last block committed.
+#[derive(Clone, Copy)]
+struct Tip {
+    view: View,
+    height: Height,
+    digest: Digest,
+    commitment: B256,
+}
+
+#[derive(Clone, Copy)]
+struct ProposeRequest {
+    view: View,
+    parent: Digest,
+    parent_view: View,
+    height: Height,
+    since: Instant,
+}
+
+/// Counters and latency of replication, for `rtchain_nodeStats` and `bench consensus`.
+pub struct ConsensusStats {
+    inner: Mutex<StatsInner>,
+}
+
+struct StatsInner {
+    me: usize,
+    validators: usize,
+    sync: &'static str,
+    view: u64,
+    finalized_height: u64,
+    /// First sight of a proposal (built, or received) to its delivery as finalized, in us.
+    finalize_us: hdrhistogram::Histogram<u64>,
+    blocks_delivered: u64,
+    txs_finalized: u64,
+    rejected_payloads: u64,
+    engine: rtchain_consensus::Stats,
+    transport: Option<Arc<crate::node::transport::TransportStats>>,
+}
+
+impl ConsensusStats {
+    pub fn to_json(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.inner.lock();
+        let q = |p: f64| s.finalize_us.value_at_quantile(p);
+        let t = s.transport.as_ref();
+        let c =
+            |f: fn(&crate::node::transport::TransportStats) -> &std::sync::atomic::AtomicU64| {
+                t.map_or(0, |t| f(t).load(Relaxed))
+            };
+        serde_json::json!({
+            "validator": s.me,
+            "validators": s.validators,
+            "syncMode": s.sync,
+            "view": s.view,
+            "finalizedHeight": s.finalized_height,
+            "blocksDelivered": s.blocks_delivered,
+            "txsFinalized": s.txs_finalized,
+            "finalizeLatencyUs": {
+                "count": s.finalize_us.len(),
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s.finalize_us.max(),
+            },
+            "rejectedPayloads": s.rejected_payloads,
+            "engine": {
+                "malformed": s.engine.malformed,
+                "invalidSignature": s.engine.invalid_signature,
+                "equivocations": s.engine.equivocations,
+                "rejectedCommitment": s.engine.rejected_commitment,
+                "invalidProposal": s.engine.invalid_proposal,
+                "finalizedRejected": s.engine.finalized_rejected,
+                "forks": s.engine.forks,
+                "requestsSent": s.engine.requests_sent,
+                "requestsServed": s.engine.requests_served,
+                "viewsDropped": s.engine.views_dropped,
+            },
+            "transport": {
+                "datagramsIn": c(|t| &t.datagrams_in),
+                "datagramsOut": c(|t| &t.datagrams_out),
+                "messagesIn": c(|t| &t.messages_in),
+                "messagesOut": c(|t| &t.messages_out),
+                "droppedBadTag": c(|t| &t.dropped_bad_tag),
+                "droppedMalformed": c(|t| &t.dropped_malformed),
+                "droppedSendFull": c(|t| &t.dropped_send_full),
+            },
+        })
+    }
+}
+
+/// Why a payload is refused (the block gets `Verified { ok: false }`).
+#[derive(Debug)]
+struct Invalid(String);
+
+/// The replication state owned by the sequencer thread.
+pub struct Replica {
+    engine: Engine,
+    votelog: VoteLog<FileStorage>,
+    transport: Transport,
+    peers_rx: crossbeam_channel::Receiver<(u16, Vec<u8>)>,
+    n: usize,
+    timer: Option<(View, Instant)>,
+    proposing: Option<ProposeRequest>,
+    to_verify: Vec<Block>,
+    spec: HashMap<Digest, Spec>,
+    tip: Tip,
+    /// Replies for transactions submitted here, by hash: answered when a finalized block
+    /// includes them, whoever proposed it.
+    waiting: HashMap<B256, Reply>,
+    first_seen: HashMap<Digest, Instant>,
+    sync_blocks: bool,
+    propose_idle: Duration,
+    pub stats: Arc<ConsensusStats>,
+}
+
+fn anchor_bytes(t: &Tip) -> Vec<u8> {
+    let mut b = Vec::with_capacity(80);
+    b.extend_from_slice(&t.view.to_be_bytes());
+    b.extend_from_slice(&t.height.to_be_bytes());
+    b.extend_from_slice(t.digest.as_slice());
+    b.extend_from_slice(t.commitment.as_slice());
+    b
+}
+
+fn anchor_from(b: &[u8]) -> Option<Tip> {
+    (b.len() == 80).then(|| Tip {
+        view: u64::from_be_bytes(b[..8].try_into().expect("8")),
+        height: u64::from_be_bytes(b[8..16].try_into().expect("8")),
+        digest: B256::from_slice(&b[16..48]),
+        commitment: B256::from_slice(&b[48..80]),
+    })
+}
+
+fn block_key(height: Height, digest: &Digest) -> Vec<u8> {
+    let mut k = b"block/".to_vec();
+    k.extend_from_slice(&height.to_be_bytes());
+    k.extend_from_slice(digest.as_slice());
+    k
+}
+
+/// The payload: log records, each as u32 length and bytes.
+fn encode_payload(records: &[LogRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        let mut buf = Vec::new();
+        r.encode(&mut buf);
+        out.extend_from_slice(&(buf.len() as u32).to_be_bytes());
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+fn decode_payload(mut bytes: &[u8]) -> Result<Vec<LogRecord>, Invalid> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 4 {
+            return Err(Invalid("truncated payload".into()));
+        }
+        let len = u32::from_be_bytes(bytes[..4].try_into().expect("4")) as usize;
+        let body = bytes
+            .get(4..4 + len)
+            .ok_or_else(|| Invalid("truncated payload record".into()))?;
+        out.push(
+            LogRecord::decode(body).ok_or_else(|| Invalid("malformed payload record".into()))?,
+        );
+        bytes = &bytes[4 + len..];
+    }
+    if out.len() > 4 {
+        return Err(Invalid("too many records in one payload".into()));
+    }
+    Ok(out)
+}
+
+/// keccak256 over a canonical encoding of a state diff (sorted accounts, slots and codes).
+pub fn diff_digest(diff: &StateDiff) -> B256 {
+    let mut buf = Vec::new();
+    let mut accounts: Vec<_> = diff.accounts.iter().collect();
+    accounts.sort_by_key(|(a, _)| **a);
+    for (address, change) in accounts {
+        buf.extend_from_slice(address.as_slice());
+        match &change.info {
+            Some(info) => {
+                buf.push(1);
+                buf.extend_from_slice(&info.balance.to_be_bytes::<32>());
+                buf.extend_from_slice(&info.nonce.to_be_bytes());
+                buf.extend_from_slice(info.code_hash.as_slice());
+            }
+            None => buf.push(0),
+        }
+        buf.push(change.storage_cleared as u8);
+        let mut slots: Vec<_> = change.storage.iter().collect();
+        slots.sort_by_key(|(k, _)| **k);
+        buf.extend_from_slice(&(slots.len() as u64).to_be_bytes());
+        for (k, v) in slots {
+            buf.extend_from_slice(&k.to_be_bytes::<32>());
+            buf.extend_from_slice(&v.to_be_bytes::<32>());
+        }
+    }
+    let mut codes: Vec<_> = diff.codes.keys().collect();
+    codes.sort();
+    for hash in codes {
+        buf.extend_from_slice(hash.as_slice());
+    }
+    keccak256(&buf)
+}
+
+fn chain_commitment(parent: B256, parts: &[u8]) -> B256 {
+    let mut buf = b"rtchain/commit/v1".to_vec();
+    buf.extend_from_slice(parent.as_slice());
+    buf.extend_from_slice(parts);
+    keccak256(&buf)
+}
+
+impl Replica {
+    /// Opens the vote log, the stored blocks and the anchor, binds the transport, and builds the
+    /// engine. `tip_point` is where the replayed chain stands.
+    pub(super) fn open(
+        config: &NodeConfig,
+        chain: &crate::node::Chain,
+        peers_tx: crossbeam_channel::Sender<(u16, Vec<u8>)>,
+        peers_rx: crossbeam_channel::Receiver<(u16, Vec<u8>)>,
+    ) -> Result<Self, NodeError> {
+        let c: &ConsensusSection = &config.consensus;
+        let bad = |m: String| NodeError::Config(m);
+        let key_file = c
+            .key_file
+            .as_ref()
+            .ok_or_else(|| bad("consensus.key_file is required".into()))?;
+        let key =
+            crate::keys::load(key_file).map_err(|e| bad(format!("consensus.key_file: {e}")))?;
+        let mut keys = Vec::with_capacity(c.validators.len());
+        for (i, v) in c.validators.iter().enumerate() {
+            let bytes: [u8; 32] = hex::decode(v.key.trim_start_matches("0x"))
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "consensus.validators[{i}].key: expected 64 hex digits"
+                    ))
+                })?;
+            keys.push(
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| {
+                    bad(format!(
+                        "consensus.validators[{i}].key: not an ed25519 public key"
+                    ))
+                })?,
+            );
+        }
+        let namespace = format!("rtchain/chain/{}", chain.exec.chain_id);
+        let validators = Validators::new(keys.clone(), namespace.as_bytes())
+            .map_err(|e| bad(format!("consensus.validators: {e}")))?;
+        let me = validators.index_of(&key.verifying_key()).ok_or_else(|| {
+            bad(format!(
+                "consensus.key_file {}: its public key {} is not in consensus.validators",
+                key_file.display(),
+                crate::keys::public_hex(&key)
+            ))
+        })?;
+        let genesis_header = chain
+            .store
+            .header(0)?
+            .ok_or_else(|| NodeError::Recovery("genesis header missing".into()))?;
+        let genesis_digest = keccak256(
+            [
+                b"rtchain/genesis/".as_slice(),
+                genesis_header.hash_slow().as_slice(),
+            ]
+            .concat(),
+        );
+        let mut engine_config = EngineConfig::new(validators, genesis_digest);
+        engine_config.timeout_leader = Duration::from_millis(c.timeout_leader_ms);
+        engine_config.timeout_notarization = Duration::from_millis(c.timeout_notarization_ms);
+        engine_config.timeout_retry = Duration::from_millis(c.timeout_retry_ms);
+
+        let sync = match c.sync {
+            ConsensusSync::Always => rtchain_consensus::SyncMode::Always,
+            ConsensusSync::Off => rtchain_consensus::SyncMode::Off,
+        };
+        let log_config = VoteLogConfig {
+            sync,
+            ..Default::default()
+        };
+        let path = config.data_dir.join("votelog");
+        let storage = FileStorage::open(&path, log_config.size_bytes())
+            .map_err(|e| NodeError::Recovery(format!("vote log {}: {e}", path.display())))?;
+        let (votelog, replay) = VoteLog::open(storage, log_config, key.verifying_key().as_bytes())
+            .map_err(|e| NodeError::Recovery(format!("vote log: {e}")))?;
+
+        let genesis_tip = Tip {
+            view: 0,
+            height: 0,
+            digest: genesis_digest,
+            commitment: genesis_header.state_root,
+        };
+        let tip = match chain.store.get_consensus(b"anchor")? {
+            Some(bytes) => anchor_from(&bytes)
+                .ok_or_else(|| NodeError::Recovery("consensus anchor is malformed".into()))?,
+            None => genesis_tip,
+        };
+        let anchor = Anchor {
+            view: tip.view,
+            height: tip.height,
+            digest: tip.digest,
+            finalization: None,
+        };
+        let mut engine = Engine::new(engine_config, key.clone(), replay, anchor)
+            .map_err(|e| NodeError::Recovery(format!("consensus: {e}")))?;
+        for (k, bytes) in chain.store.consensus_entries(b"block/")? {
+            match Msg::decode(&bytes) {
+                Ok(Msg::Block(block)) if block.height() > tip.height => {
+                    engine.restore_block(*block)
+                }
+                Ok(_) => chain.store.delete_consensus(&k)?,
+                Err(_) => {
+                    tracing::warn!("dropping an undecodable stored block");
+                    chain.store.delete_consensus(&k)?;
+                }
+            }
+        }
+
+        let mut peer_addrs = Vec::new();
+        let mut link_keys = Vec::new();
+        for (i, v) in c.validators.iter().enumerate() {
+            peer_addrs.push(v.addr);
+            link_keys.push(if i == me as usize {
+                [0; 32]
+            } else {
+                link_key(&key, &keys[i], namespace.as_bytes())
+            });
+        }
+        let listen = c.listen.unwrap_or(c.validators[me as usize].addr);
+        let port_config = rtchain_dataplane::PortConfig {
+            backend: match c.backend {
+                crate::config::BackendKind::IoUring => rtchain_dataplane::Backend::IoUring,
+                _ => rtchain_dataplane::Backend::Socket,
+            },
+            listen,
+            reflector_port: None,
+            poll: rtchain_dataplane::PollMode::Blocking,
+            sqpoll: false,
+            dpdk: Default::default(),
+        };
+        let framer = Framer::new(me as u16, link_keys);
+        // A full queue drops the message: the engine re-sends what matters.
+        let transport = Transport::start(
+            port_config,
+            framer,
+            peer_addrs,
+            config.cores.consensus,
+            move |from, bytes| {
+                let _ = peers_tx.try_send((from, bytes));
+            },
+        )
+        .map_err(NodeError::Config)?;
+
+        let stats = Arc::new(ConsensusStats {
+            inner: Mutex::new(StatsInner {
+                me: me as usize,
+                validators: c.validators.len(),
+                sync: match c.sync {
+                    ConsensusSync::Always => "always",
+                    ConsensusSync::Off => "off",
+                },
+                view: 0,
+                finalized_height: tip.height,
+                finalize_us: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("valid histogram bounds"),
+                blocks_delivered: 0,
+                txs_finalized: 0,
+                rejected_payloads: 0,
+                engine: Default::default(),
+                transport: Some(transport.stats.clone()),
+            }),
+        });
+        tracing::info!(
+            "validator {me} of {} (key {}), consensus on udp://{}, sync {:?}, anchor height {}",
+            c.validators.len(),
+            crate::keys::public_hex(&key),
+            transport.local_addr,
+            c.sync,
+            tip.height
+        );
+        Ok(Self {
+            engine,
+            votelog,
+            transport,
+            peers_rx,
+            n: c.validators.len(),
+            timer: None,
+            proposing: None,
+            to_verify: Vec::new(),
+            spec: HashMap::new(),
+            tip,
+            waiting: HashMap::new(),
+            first_seen: HashMap::new(),
+            sync_blocks: c.sync == ConsensusSync::Always,
+            propose_idle: Duration::from_millis(c.propose_idle_ms),
+            stats,
+        })
+    }
+}
+
+impl Sequencer {
+    /// The loop of a validator: peers' messages, timers, submissions, proposals.
+    pub(super) fn run_replicated(&mut self, mut rep: Replica) -> Result<(), NodeError> {
+        let mut out = Vec::new();
+        rep.engine.start(&mut out);
+        self.perform(&mut rep, out)?;
+        loop {
+            if self.chain.is_shut_down() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if let Some((view, at)) = rep.timer
+                && now >= at
+            {
+                rep.timer = None;
+                self.step(&mut rep, Event::Timeout(view))?;
+                continue;
+            }
+            self.verify_ready(&mut rep)?;
+            if self.propose_if_due(&mut rep)? {
+                continue;
+            }
+            let mut wait = Duration::from_millis(50);
+            if let Some((_, at)) = rep.timer {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
+            if let Some(p) = &rep.proposing {
+                wait = wait.min((p.since + rep.propose_idle).saturating_duration_since(now));
+            }
+            crossbeam_channel::select! {
+                recv(rep.peers_rx) -> msg => {
+                    let Ok((from, bytes)) = msg else { return Ok(()) };
+                    self.on_peer_bytes(&mut rep, from, &bytes)?;
+                    // Drain what else arrived before deciding anything.
+                    while let Ok((from, bytes)) = rep.peers_rx.try_recv() {
+                        self.on_peer_bytes(&mut rep, from, &bytes)?;
+                    }
+                }
+                recv(self.ingress) -> s => {
+                    let Ok(s) = s else { return Ok(()) };
+                    self.accept_submission(&mut rep, s);
+                    while let Ok(s) = self.ingress.try_recv() {
+                        self.accept_submission(&mut rep, s);
+                    }
+                }
+                default(wait) => {}
+            }
+        }
+    }
+
+    fn accept_submission(&mut self, rep: &mut Replica, s: Submission) {
+        if let Some(reply) = s.reply {
+            rep.waiting.insert(s.tx.hash, reply);
+        }
+        self.ready.push_back(Submission {
+            tx: s.tx,
+            reply: None,
+        });
+    }
+
+    fn on_peer_bytes(
+        &mut self,
+        rep: &mut Replica,
+        from: u16,
+        bytes: &[u8],
+    ) -> Result<(), NodeError> {
+        let mut out = Vec::new();
+        rep.engine.handle_bytes(from, bytes, &mut out);
+        self.perform(rep, out)
+    }
+
+    fn step(&mut self, rep: &mut Replica, event: Event) -> Result<(), NodeError> {
+        let mut out = Vec::new();
+        rep.engine.handle(event, &mut out);
+        self.perform(rep, out)
+    }
+
+    /// Performs one step's effects: every `Persist` first with one sync, then the rest in order.
+    fn perform(&mut self, rep: &mut Replica, effects: Vec<Effect>) -> Result<(), NodeError> {
+        let mut persisted = false;
+        for e in &effects {
+            if let Effect::Persist(record) = e {
+                rep.votelog
+                    .append(record)
+                    .map_err(|e| NodeError::Recovery(format!("vote log: {e}")))?;
+                persisted = true;
+            }
+        }
+        if persisted {
+            rep.votelog
+                .sync()
+                .map_err(|e| NodeError::Recovery(format!("vote log: {e}")))?;
+        }
+        for e in effects {
+            match e {
+                Effect::Persist(_) => {}
+                Effect::Send(target, msg) => {
+                    let to: Vec<u16> = match target {
+                        Target::All => (0..rep.n as u16)
+                            .filter(|&i| i != rep.engine.me())
+                            .collect(),
+                        Target::One(i) => vec![i],
+                    };
+                    rep.transport.send(to, msg.encode());
+                }
+                Effect::Deliver(finalized) => self.deliver(rep, finalized)?,
+                Effect::ScheduleTimeout { view, after } => {
+                    rep.timer = Some((view, Instant::now() + after));
+                }
+                Effect::Verify(block) => {
+                    rep.first_seen
+                        .entry(block.digest())
+                        .or_insert_with(Instant::now);
+                    rep.to_verify.push(block);
+                }
+                Effect::Propose {
+                    view,
+                    parent,
+                    parent_view,
+                    height,
+                } => {
+                    rep.proposing = Some(ProposeRequest {
+                        view,
+                        parent,
+                        parent_view,
+                        height,
+                        since: Instant::now(),
+                    });
+                }
+            }
+        }
+        {
+            let mut s = rep.stats.inner.lock();
+            s.view = rep.engine.view();
+            s.engine = rep.engine.stats().clone();
+        }
+        Ok(())
+    }
+
+    /// The tip's execution point: the committed chain as it stands.
+    fn tip_point(&self, rep: &Replica) -> Point {
+        let state = self.chain.state.read();
+        Point {
+            last_mini: state.last_mini_block,
+            last_mini_hash: state.last_mini_block_hash,
+            open: self.open.as_ref().map(|o| OpenPoint {
+                ctx: o.ctx,
+                opened_at_us: o.opened_at_us,
+                gas_used: o.gas_used,
+                logs: o.logs,
+            }),
+            closed_parent: state.closed_parent,
+            commitment: rep.tip.commitment,
+        }
+    }
+
+    /// The point after `parent` and the diffs from the tip to it; `None` if `parent` is neither
+    /// the tip nor an executed descendant of it (not executed yet, or on a dead fork).
+    fn base_of(&self, rep: &Replica, parent: &Digest) -> Option<(Point, Vec<Arc<StateDiff>>)> {
+        if *parent == rep.tip.digest {
+            return Some((self.tip_point(rep), Vec::new()));
+        }
+        let mut chain = Vec::new();
+        let mut cursor = *parent;
+        while cursor != rep.tip.digest {
+            let s = rep.spec.get(&cursor)?;
+            if s.height <= rep.tip.height {
+                return None;
+            }
+            chain.push(cursor);
+            cursor = s.parent;
+        }
+        let point = rep.spec.get(parent)?.point;
+        let mut diffs = Vec::new();
+        for d in chain.iter().rev() {
+            diffs.extend(rep.spec[d].diffs.iter().cloned());
+        }
+        Some((point, diffs))
+    }
+
+    /// Executes the blocks waiting for verification whose parent state is known.
+    fn verify_ready(&mut self, rep: &mut Replica) -> Result<(), NodeError> {
+        loop {
+            let Some(i) = rep.to_verify.iter().position(|b| {
+                b.height() <= rep.tip.height || self.base_of(rep, &b.parent()).is_some()
+            }) else {
+                return Ok(());
+            };
+            let block = rep.to_verify.swap_remove(i);
+            let digest = block.digest();
+            let ok = if block.height() <= rep.tip.height {
+                false
+            } else {
+                let (base, diffs) = self.base_of(rep, &block.parent()).expect("checked above");
+                match self.execute_records(base, diffs, &block) {
+                    Ok(spec) if spec.point.commitment == block.commitment() => {
+                        // Stored before we vote for it: a notarized block stays available.
+                        rep.spec.insert(digest, spec);
+                        self.chain.store.put_consensus(
+                            &block_key(block.height(), &digest),
+                            &Msg::Block(Box::new(block.clone())).encode(),
+                            rep.sync_blocks,
+                        )?;
+                        true
+                    }
+                    Ok(_) => {
+                        tracing::warn!(
+                            height = block.height(),
+                            "proposal's post-state commitment differs from ours"
+                        );
+                        rep.stats.inner.lock().rejected_payloads += 1;
+                        false
+                    }
+                    Err(Invalid(why)) => {
+                        tracing::warn!(height = block.height(), "invalid proposal: {why}");
+                        rep.stats.inner.lock().rejected_payloads += 1;
+                        false
+                    }
+                }
+            };
+            self.step(rep, Event::Verified { digest, ok })?;
+        }
+    }
+
+    /// Executes a block's records on `base` (with `diffs` from the tip to its parent).
+    fn execute_records(
+        &mut self,
+        base: Point,
+        mut diffs: Vec<Arc<StateDiff>>,
+        block: &Block,
+    ) -> Result<Spec, Invalid> {
+        let records = decode_payload(block.payload())?;
+        let own_from = diffs.len();
+        let mut point = base;
+        let mut steps = Vec::new();
+        let mut parts = Vec::new();
+        let now = now_us();
+        for record in records {
+            match record {
+                LogRecord::MiniBlock(m) => {
+                    if m.number != point.last_mini + 1 {
+                        return Err(Invalid(format!(
+                            "mini-block {} after {}",
+                            m.number, point.last_mini
+                        )));
+                    }
+                    if m.timestamp_us > now + MAX_CLOCK_AHEAD_US {
+                        return Err(Invalid("timestamp too far in the future".into()));
+                    }
+                    let open = match point.open {
+                        Some(o) if o.ctx == m.block && m.timestamp_us >= o.opened_at_us => o,
+                        Some(_) => {
+                            return Err(Invalid(
+                                "mini-block does not continue the open block".into(),
+                            ));
+                        }
+                        None => {
+                            let ctx = next_block_context(
+                                &self.chain.exec,
+                                &point.closed_parent,
+                                m.timestamp_us,
+                            );
+                            if ctx != m.block
+                                || m.timestamp_us / 1_000_000 < point.closed_parent.timestamp
+                            {
+                                return Err(Invalid(
+                                    "mini-block opens a block with a wrong context".into(),
+                                ));
+                            }
+                            OpenPoint {
+                                ctx,
+                                opened_at_us: m.timestamp_us,
+                                gas_used: 0,
+                                logs: 0,
+                            }
+                        }
+                    };
+                    if m.transactions.is_empty() {
+                        return Err(Invalid("empty mini-block".into()));
+                    }
+                    let result = self
+                        .executor
+                        .execute_batch(
+                            &self.chain.exec,
+                            &open.ctx,
+                            self.chain.state_with(&diffs),
+                            m.transactions.clone(),
+                            open.gas_used,
+                            open.logs,
+                        )
+                        .map_err(|e| Invalid(format!("execution failed: {e}")))?;
+                    let mut receipts = Vec::with_capacity(m.transactions.len());
+                    for outcome in result.outcomes {
+                        match outcome {
+                            TxOutcome::Included { receipt, .. } => receipts.push(receipt),
+                            TxOutcome::Rejected { tx, error } => {
+                                return Err(Invalid(format!(
+                                    "transaction {} is invalid: {error}",
+                                    tx.hash
+                                )));
+                            }
+                            TxOutcome::Deferred { tx } => {
+                                return Err(Invalid(format!(
+                                    "transaction {} does not fit the block",
+                                    tx.hash
+                                )));
+                            }
+                        }
+                    }
+                    if receipt::receipts_root(&receipts) != m.receipts_root {
+                        return Err(Invalid("receipts root differs".into()));
+                    }
+                    let diff = Arc::new(result.diff);
+                    let hash = advance(&mut point, open, &m, result.gas_used, result.logs);
+                    parts.extend_from_slice(hash.as_slice());
+                    parts.extend_from_slice(diff_digest(&diff).as_slice());
+                    diffs.push(diff.clone());
+                    steps.push(Step::Mini {
+                        record: m,
+                        receipts,
+                        diff,
+                        gas_used: result.gas_used,
+                        logs: result.logs,
+                    });
+                }
+                LogRecord::Seal {
+                    block_number,
+                    last_mini_block,
+                    timestamp_us,
+                } => {
+                    apply_seal(
+                        &self.chain.exec,
+                        &mut point,
+                        block_number,
+                        last_mini_block,
+                        timestamp_us,
+                        now,
+                    )?;
+                    parts.extend_from_slice(b"seal");
+                    parts.extend_from_slice(&block_number.to_be_bytes());
+                    parts.extend_from_slice(&timestamp_us.to_be_bytes());
+                    steps.push(Step::Seal {
+                        block_number,
+                        timestamp_us,
+                    });
+                }
+            }
+        }
+        point.commitment = chain_commitment(base.commitment, &parts);
+        Ok(Spec {
+            parent: block.parent(),
+            height: block.height(),
+            point,
+            diffs: diffs.split_off(own_from),
+            steps,
+        })
+    }
+
+    /// As leader: once the parent's state is known and transactions wait (or the idle wait is
+    /// over), builds the payload from the ready queue and proposes it. Returns whether it did.
+    fn propose_if_due(&mut self, rep: &mut Replica) -> Result<bool, NodeError> {
+        let Some(request) = rep.proposing else {
+            return Ok(false);
+        };
+        if request.view < rep.engine.view() {
+            rep.proposing = None;
+            return Ok(false);
+        }
+        if self.ready.is_empty() && request.since.elapsed() < rep.propose_idle {
+            return Ok(false);
+        }
+        let Some((base, diffs)) = self.base_of(rep, &request.parent) else {
+            return Ok(false);
+        };
+        rep.proposing = None;
+        let started = Instant::now();
+        let records = self.build_records(rep, base, diffs.clone());
+        let payload = encode_payload(&records);
+        // Our own payload goes through the replicas' path: what we propose is exactly what they
+        // check. (This executes the transactions a second time on the leader.)
+        let stub = Block::new(
+            request.view,
+            request.parent_view,
+            request.height,
+            request.parent,
+            B256::ZERO,
+            payload.clone(),
+        );
+        let mut spec = match self.execute_records(base, diffs, &stub) {
+            Ok(spec) => spec,
+            Err(Invalid(why)) => {
+                tracing::error!("our own proposal does not execute: {why}");
+                return Ok(false);
+            }
+        };
+        let commitment = spec.point.commitment;
+        let block = Block::new(
+            request.view,
+            request.parent_view,
+            request.height,
+            request.parent,
+            commitment,
+            payload.clone(),
+        );
+        let digest = block.digest();
+        spec.parent = request.parent;
+        spec.height = request.height;
+        rep.spec.insert(digest, spec);
+        // Stored before our notarize vote (it rides in the proposal) leaves the node.
+        self.chain.store.put_consensus(
+            &block_key(block.height(), &digest),
+            &Msg::Block(Box::new(block)).encode(),
+            rep.sync_blocks,
+        )?;
+        rep.first_seen.insert(digest, started);
+        self.step(
+            rep,
+            Event::ProposalReady {
+                view: request.view,
+                payload,
+                commitment,
+            },
+        )?;
+        Ok(true)
+    }
+
+    /// Picks the next transactions and decides the seals: the records of one proposal.
+    fn build_records(
+        &mut self,
+        rep: &mut Replica,
+        base: Point,
+        diffs: Vec<Arc<StateDiff>>,
+    ) -> Vec<LogRecord> {
+        let max_txs = self.chain.sequencer.max_mini_block_txs;
+        let max_bytes = self.minilog.max_mini_block_bytes().min(3 << 20);
+        let interval_us = self.chain.sequencer.block_interval_ms * 1000;
+        let idle_us = self.chain.sequencer.idle_block_interval_ms * 1000;
+        let now = now_us();
+        let mut records = Vec::new();
+        let mut point = base;
+        let mut batch: Vec<RecoveredTx> = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < max_txs {
+            let Some(s) = self.ready.pop_front() else {
+                break;
+            };
+            let size = MiniLog::mini_block_record_bytes([s.tx.raw.len()])
+                - MiniLog::mini_block_record_bytes([]);
+            if !batch.is_empty() && bytes + size > max_bytes {
+                self.ready.push_front(s);
+                break;
+            }
+            bytes += size;
+            batch.push(s.tx);
+        }
+        if !batch.is_empty() {
+            let open = point.open.unwrap_or_else(|| OpenPoint {
+                ctx: next_block_context(&self.chain.exec, &point.closed_parent, now),
+                opened_at_us: now,
+                gas_used: 0,
+                logs: 0,
+            });
+            let result = self.executor.execute_batch(
+                &self.chain.exec,
+                &open.ctx,
+                self.chain.state_with(&diffs),
+                batch,
+                open.gas_used,
+                open.logs,
+            );
+            match result {
+                Ok(result) => {
+                    let mut included = Vec::new();
+                    let mut receipts = Vec::new();
+                    let mut deferred = Vec::new();
+                    for outcome in result.outcomes {
+                        match outcome {
+                            TxOutcome::Included { tx, receipt, .. } => {
+                                included.push(tx);
+                                receipts.push(receipt);
+                            }
+                            TxOutcome::Rejected { tx, error } => {
+                                let reply = rep.waiting.remove(&tx.hash);
+                                self.reject_or_queue(tx, error, reply);
+                            }
+                            TxOutcome::Deferred { tx } => {
+                                deferred.push(Submission { tx, reply: None })
+                            }
+                        }
+                    }
+                    if !included.is_empty() {
+                        let m = MiniBlockRecord {
+                            number: point.last_mini + 1,
+                            timestamp_us: now.max(open.opened_at_us),
+                            block: open.ctx,
+                            receipts_root: receipt::receipts_root(&receipts),
+                            transactions: included,
+                        };
+                        advance(&mut point, open, &m, result.gas_used, result.logs);
+                        records.push(LogRecord::MiniBlock(m));
+                    }
+                    if !deferred.is_empty() {
+                        for s in deferred.into_iter().rev() {
+                            self.ready.push_front(s);
+                        }
+                        if let Some(o) = point.open {
+                            records.push(seal_record(&mut point, o, &self.chain.exec));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("executing a proposal's transactions failed: {e}");
+                }
+            }
+        }
+        // Close the open block when its interval is over, or an empty one when idle, so that
+        // time moves on.
+        match point.open {
+            Some(o) if now >= o.opened_at_us + interval_us => {
+                records.push(seal_record(&mut point, o, &self.chain.exec));
+            }
+            None if now >= point.closed_parent.timestamp * 1_000_000 + idle_us => {
+                records.push(LogRecord::Seal {
+                    block_number: point.closed_parent.number + 1,
+                    last_mini_block: point.last_mini,
+                    timestamp_us: now,
+                });
+            }
+            _ => {}
+        }
+        records
+    }
+
+    /// Commits a finalized block: its mini-blocks to the log and the state, its receipts to
+    /// whoever waits, its seals to the sealer; then records the anchor.
+    fn deliver(&mut self, rep: &mut Replica, finalized: Finalized) -> Result<(), NodeError> {
+        let block = finalized.block;
+        let digest = block.digest();
+        if block.parent() != rep.tip.digest {
+            return Err(NodeError::Recovery(format!(
+                "finalized block at height {} does not extend our tip at height {}",
+                block.height(),
+                rep.tip.height
+            )));
+        }
+        let spec = match rep.spec.remove(&digest) {
+            Some(spec) if spec.parent == rep.tip.digest => spec,
+            _ => {
+                // Never verified here (fetched after the fact, or restarted), or already
+                // partly applied before a crash: execute what is not applied yet.
+                let records = decode_payload(block.payload()).map_err(|Invalid(why)| {
+                    NodeError::Recovery(format!("finalized block: {why}"))
+                })?;
+                let (last_mini, closed) = {
+                    let s = self.chain.state.read();
+                    (s.last_mini_block, s.closed_head)
+                };
+                let applied = |r: &LogRecord| match r {
+                    LogRecord::MiniBlock(m) => m.number <= last_mini,
+                    LogRecord::Seal { block_number, .. } => *block_number <= closed,
+                };
+                let fresh: Vec<LogRecord> =
+                    records.iter().filter(|r| !applied(r)).cloned().collect();
+                let partly = fresh.len() != records.len();
+                let stub = Block::new(
+                    block.view(),
+                    block.parent_view(),
+                    block.height(),
+                    block.parent(),
+                    block.commitment(),
+                    encode_payload(&fresh),
+                );
+                let base = self.tip_point(rep);
+                let mut spec =
+                    self.execute_records(base, Vec::new(), &stub)
+                        .map_err(|Invalid(why)| {
+                            NodeError::Recovery(format!(
+                                "finalized block at height {} does not execute here: {why}",
+                                block.height()
+                            ))
+                        })?;
+                if partly {
+                    // Its first records were committed before a crash: the commitment of the
+                    // whole block is the finalized one.
+                    spec.point.commitment = block.commitment();
+                }
+                spec
+            }
+        };
+        if spec.point.commitment != block.commitment() {
+            return Err(NodeError::Recovery(format!(
+                "finalized block at height {} has post-state commitment {} but our execution gives {}: this node diverged; stopping",
+                block.height(),
+                block.commitment(),
+                spec.point.commitment
+            )));
+        }
+        let mut txs_finalized = 0;
+        let mut waiting = std::mem::take(&mut rep.waiting);
+        for step in spec.steps {
+            match step {
+                Step::Mini {
+                    record,
+                    receipts,
+                    diff,
+                    gas_used,
+                    logs,
+                } => {
+                    if self.open.is_none() {
+                        self.open_block(record.block, record.timestamp_us);
+                    }
+                    self.make_log_room_for(&record)?;
+                    txs_finalized += record.transactions.len() as u64;
+                    let included = record.transactions.iter().cloned().zip(receipts).collect();
+                    let diff = Arc::try_unwrap(diff).unwrap_or_else(|d| (*d).clone());
+                    self.commit_mini_block(
+                        included,
+                        diff,
+                        (gas_used, logs),
+                        Some((record.number, record.timestamp_us, record.receipts_root)),
+                        true,
+                        &mut waiting,
+                    )?;
+                }
+                Step::Seal {
+                    block_number,
+                    timestamp_us,
+                } => {
+                    let closed = self.close_block(true, Some(timestamp_us))?;
+                    if closed != block_number {
+                        return Err(NodeError::Recovery(format!(
+                            "finalized seal of block {block_number} closed block {closed}"
+                        )));
+                    }
+                }
+            }
+        }
+        rep.waiting = waiting;
+        let height = block.height();
+        rep.tip = Tip {
+            view: block.view(),
+            height,
+            digest,
+            commitment: spec.point.commitment,
+        };
+        self.chain
+            .store
+            .put_consensus(b"anchor", &anchor_bytes(&rep.tip), false)?;
+        for (k, _) in self.chain.store.consensus_entries(b"block/")? {
+            let h = k
+                .get(6..14)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8")));
+            if h.is_none_or(|h| h <= height) {
+                self.chain.store.delete_consensus(&k)?;
+            }
+        }
+        rep.spec.retain(|_, s| s.height > height);
+        rep.to_verify.retain(|b| b.height() > height);
+        let latency = rep.first_seen.remove(&digest).map(|t| t.elapsed());
+        rep.first_seen
+            .retain(|_, t| t.elapsed() < Duration::from_secs(60));
+        let mut s = rep.stats.inner.lock();
+        s.finalized_height = height;
+        s.blocks_delivered += 1;
+        s.txs_finalized += txs_finalized;
+        if let Some(latency) = latency {
+            let _ = s.finalize_us.record((latency.as_micros() as u64).max(1));
+        }
+        Ok(())
+    }
+
+    /// Room in the mini-block log for a replicated mini-block (see `make_log_room`).
+    fn make_log_room_for(&mut self, record: &MiniBlockRecord) -> Result<(), NodeError> {
+        let needed =
+            MiniLog::mini_block_record_bytes(record.transactions.iter().map(|t| t.raw.len()))
+                + super::SEAL_RESERVE_BYTES;
+        if self.minilog.has_room(needed, self.durable_mini) {
+            return Ok(());
+        }
+        self.sync_store()?;
+        if self.minilog.has_room(needed, self.durable_mini) {
+            return Ok(());
+        }
+        Err(NodeError::Config(format!(
+            "the mini-block log is too small for a replicated mini-block of {needed} bytes; raise storage.minilog_size_bytes"
+        )))
+    }
+}
+
+/// Moves `point` past mini-block `m` of the open block `open`; returns the mini-block's hash.
+fn advance(
+    point: &mut Point,
+    open: OpenPoint,
+    m: &MiniBlockRecord,
+    gas_used: u64,
+    logs: u64,
+) -> B256 {
+    let hash = mini_header(m, point.last_mini_hash, gas_used).hash();
+    point.last_mini = m.number;
+    point.last_mini_hash = hash;
+    point.open = Some(OpenPoint {
+        gas_used: open.gas_used + gas_used,
+        logs: open.logs + logs,
+        ..open
+    });
+    hash
+}
+
+fn mini_header(m: &MiniBlockRecord, parent_hash: B256, gas_used: u64) -> MiniBlockHeader {
+    MiniBlockHeader {
+        number: m.number,
+        parent_hash,
+        timestamp_us: m.timestamp_us,
+        evm_block_number: m.block.number,
+        transactions_root: receipt::transactions_root(&m.transactions),
+        receipts_root: m.receipts_root,
+        gas_used,
+        tx_count: m.transactions.len() as u32,
+    }
+}
+
+fn seal_record(point: &mut Point, open: OpenPoint, exec: &rtchain_exec::ExecConfig) -> LogRecord {
+    let record = LogRecord::Seal {
+        block_number: open.ctx.number,
+        last_mini_block: point.last_mini,
+        timestamp_us: open.opened_at_us,
+    };
+    apply_seal(
+        exec,
+        point,
+        open.ctx.number,
+        point.last_mini,
+        open.opened_at_us,
+        u64::MAX,
+    )
+    .expect("a seal we build is valid");
+    record
+}
+
+/// Checks a seal against `point` and moves `point` past it.
+fn apply_seal(
+    exec: &rtchain_exec::ExecConfig,
+    point: &mut Point,
+    block_number: u64,
+    last_mini_block: u64,
+    timestamp_us: u64,
+    now: u64,
+) -> Result<(), Invalid> {
+    if last_mini_block != point.last_mini {
+        return Err(Invalid("seal names the wrong last mini-block".into()));
+    }
+    let (ctx, gas_used) = match point.open {
+        Some(o) => {
+            if o.ctx.number != block_number || o.opened_at_us != timestamp_us {
+                return Err(Invalid("seal does not match the open block".into()));
+            }
+            (o.ctx, o.gas_used)
+        }
+        None => {
+            if block_number != point.closed_parent.number + 1
+                || timestamp_us / 1_000_000 < point.closed_parent.timestamp
+                || timestamp_us > now.saturating_add(MAX_CLOCK_AHEAD_US)
+            {
+                return Err(Invalid(
+                    "empty block seal out of order or out of time".into(),
+                ));
+            }
+            (
+                next_block_context(exec, &point.closed_parent, timestamp_us),
+                0,
+            )
+        }
+    };
+    point.closed_parent = ParentInfo {
+        number: ctx.number,
+        timestamp: ctx.timestamp,
+        gas_used,
+        gas_limit: ctx.gas_limit,
+        base_fee: ctx.base_fee,
+        last_mini_hash: point.last_mini_hash,
+    };
+    point.open = None;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{Address, U256};
+    use rtchain_exec::AccountChange;
+
+    #[test]
+    fn the_diff_digest_ignores_map_order_and_sees_every_change() {
+        let mut a = StateDiff::default();
+        for i in 0..20u8 {
+            let mut change = AccountChange::default();
+            change.storage.insert(U256::from(i), U256::from(i * 2));
+            a.accounts.insert(Address::repeat_byte(i), change);
+        }
+        let mut b = StateDiff::default();
+        for i in (0..20u8).rev() {
+            b.accounts.insert(
+                Address::repeat_byte(i),
+                a.accounts[&Address::repeat_byte(i)].clone(),
+            );
+        }
+        assert_eq!(diff_digest(&a), diff_digest(&b));
+        b.accounts
+            .get_mut(&Address::repeat_byte(3))
+            .unwrap()
+            .storage
+            .insert(U256::from(3), U256::from(7));
+        assert_ne!(diff_digest(&a), diff_digest(&b));
+    }
+
+    #[test]
+    fn payloads_round_trip_and_garbage_is_refused() {
+        let records = vec![LogRecord::Seal {
+            block_number: 4,
+            last_mini_block: 9,
+            timestamp_us: 1,
+        }];
+        let bytes = encode_payload(&records);
+        assert_eq!(decode_payload(&bytes).unwrap(), records);
+        assert!(decode_payload(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_payload(&[0, 0, 0, 1, 9]).is_err());
+        assert!(decode_payload(&[]).unwrap().is_empty());
+    }
+}

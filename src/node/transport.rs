@@ -1,0 +1,474 @@
+//! Consensus messages between validators over UDP, through the dataplane's `DatagramPort` (any
+//! backend): authenticated per datagram, fragmented and reassembled, on one pinned thread.
+//!
+//! Frame (every datagram): magic `RTCC`, version 1, sender index u16, receiver index u16,
+//! message id u64, fragment index u16, fragment count u16, a chunk of the message, then a 16-byte
+//! tag: keccak256(link key ‖ everything before the tag), truncated. keccak is a sponge, so a
+//! keyed prefix MAC has no length extension. The link key of validators a and b is
+//! keccak256("rtchain/p2p/v1" ‖ X25519(a, b) ‖ namespace), with both ed25519 keys read as
+//! X25519 keys, so no key material beyond the validator keys is configured.
+//!
+//! Lost datagrams are not retransmitted here: a message missing a fragment is dropped whole, and
+//! the engine recovers what matters (it re-sends votes and certificates while a view is stuck and
+//! fetches block bodies it holds a certificate for). Replays pass the tag but not the engine:
+//! votes and certificates are idempotent and bodies are accepted only when requested.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddrV4,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{Receiver, Sender, TryRecvError, channel},
+    },
+    time::{Duration, Instant},
+};
+
+use alloy_primitives::keccak256;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rtchain_dataplane::{
+    Datagram, DatagramPort, MAX_PAYLOAD, PortConfig, PortWaker,
+    tile::{TileHandle, spawn_tile},
+};
+
+const MAGIC: &[u8; 4] = b"RTCC";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 2 + 2 + 8 + 2 + 2;
+const TAG_LEN: usize = 16;
+/// Message bytes carried by one datagram.
+pub const CHUNK_LEN: usize = MAX_PAYLOAD - HEADER_LEN - TAG_LEN;
+/// Largest message accepted: a 4 MiB payload plus its certificates.
+pub const MAX_MESSAGE_BYTES: usize = (4 << 20) + (64 << 10);
+const MAX_FRAGMENTS: usize = MAX_MESSAGE_BYTES.div_ceil(CHUNK_LEN);
+/// Messages being reassembled per peer; the oldest is dropped for a new one beyond this.
+const PARTIAL_PER_PEER_MAX: usize = 16;
+/// Bytes being reassembled per peer.
+const PARTIAL_BYTES_PER_PEER_MAX: usize = 2 * MAX_MESSAGE_BYTES;
+/// A message not complete after this long lost a fragment.
+const PARTIAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a datagram was dropped (counted, never fatal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    Short,
+    Magic,
+    Version,
+    NotForUs,
+    UnknownSender,
+    BadTag,
+    BadFragment,
+}
+
+/// The symmetric key of the link between `me` and `peer`.
+pub fn link_key(me: &SigningKey, peer: &VerifyingKey, namespace: &[u8]) -> [u8; 32] {
+    let shared = peer.to_montgomery().mul_clamped(me.to_scalar_bytes());
+    let mut input = b"rtchain/p2p/v1".to_vec();
+    input.extend_from_slice(shared.as_bytes());
+    input.extend_from_slice(namespace);
+    keccak256(&input).0
+}
+
+fn tag(key: &[u8; 32], framed: &[u8]) -> [u8; TAG_LEN] {
+    let mut input = Vec::with_capacity(32 + framed.len());
+    input.extend_from_slice(key);
+    input.extend_from_slice(framed);
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(&keccak256(&input)[..TAG_LEN]);
+    out
+}
+
+/// Splits messages into authenticated datagrams and puts them back together.
+pub struct Framer {
+    me: u16,
+    /// Link key per validator index (ours unused).
+    keys: Vec<[u8; 32]>,
+    next_id: u64,
+    partial: Vec<VecDeque<Partial>>,
+}
+
+struct Partial {
+    id: u64,
+    chunks: Vec<Option<Vec<u8>>>,
+    received: usize,
+    bytes: usize,
+    started: Instant,
+}
+
+impl Framer {
+    pub fn new(me: u16, keys: Vec<[u8; 32]>) -> Self {
+        let n = keys.len();
+        // Message ids start from the clock so that a restarted sender's ids do not collide with
+        // partial messages its peers still hold from before.
+        let next_id = crate::node::chain::now_us();
+        Self {
+            me,
+            keys,
+            next_id,
+            partial: (0..n).map(|_| VecDeque::new()).collect(),
+        }
+    }
+
+    /// The datagram payloads carrying `msg` to `to`.
+    pub fn frame(&mut self, to: u16, msg: &[u8]) -> Vec<Vec<u8>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let count = msg.len().div_ceil(CHUNK_LEN).max(1);
+        let key = &self.keys[to as usize];
+        let mut out = Vec::with_capacity(count);
+        for index in 0..count {
+            let chunk =
+                &msg[(index * CHUNK_LEN).min(msg.len())..((index + 1) * CHUNK_LEN).min(msg.len())];
+            let mut d = Vec::with_capacity(HEADER_LEN + chunk.len() + TAG_LEN);
+            d.extend_from_slice(MAGIC);
+            d.push(VERSION);
+            d.extend_from_slice(&self.me.to_be_bytes());
+            d.extend_from_slice(&to.to_be_bytes());
+            d.extend_from_slice(&id.to_be_bytes());
+            d.extend_from_slice(&(index as u16).to_be_bytes());
+            d.extend_from_slice(&(count as u16).to_be_bytes());
+            d.extend_from_slice(chunk);
+            let t = tag(key, &d);
+            d.extend_from_slice(&t);
+            out.push(d);
+        }
+        out
+    }
+
+    /// Checks one datagram; returns a whole message once its last fragment arrived.
+    pub fn accept(&mut self, d: &[u8], now: Instant) -> Result<Option<(u16, Vec<u8>)>, FrameError> {
+        if d.len() < HEADER_LEN + TAG_LEN {
+            return Err(FrameError::Short);
+        }
+        if &d[..4] != MAGIC {
+            return Err(FrameError::Magic);
+        }
+        if d[4] != VERSION {
+            return Err(FrameError::Version);
+        }
+        let from = u16::from_be_bytes([d[5], d[6]]);
+        let to = u16::from_be_bytes([d[7], d[8]]);
+        if to != self.me {
+            return Err(FrameError::NotForUs);
+        }
+        if from == self.me || from as usize >= self.keys.len() {
+            return Err(FrameError::UnknownSender);
+        }
+        let (framed, got) = d.split_at(d.len() - TAG_LEN);
+        if tag(&self.keys[from as usize], framed) != got {
+            return Err(FrameError::BadTag);
+        }
+        let id = u64::from_be_bytes(d[9..17].try_into().expect("8 bytes"));
+        let index = u16::from_be_bytes([d[17], d[18]]) as usize;
+        let count = u16::from_be_bytes([d[19], d[20]]) as usize;
+        let chunk = &framed[HEADER_LEN..];
+        if count == 0 || count > MAX_FRAGMENTS || index >= count {
+            return Err(FrameError::BadFragment);
+        }
+        if count == 1 {
+            return Ok(Some((from, chunk.to_vec())));
+        }
+        let queue = &mut self.partial[from as usize];
+        queue.retain(|p| now.duration_since(p.started) < PARTIAL_TIMEOUT);
+        let position = match queue.iter().position(|p| p.id == id) {
+            Some(i) => i,
+            None => {
+                while queue.len() >= PARTIAL_PER_PEER_MAX
+                    || queue.iter().map(|p| p.bytes).sum::<usize>() + count * CHUNK_LEN
+                        > PARTIAL_BYTES_PER_PEER_MAX
+                {
+                    if queue.pop_front().is_none() {
+                        break;
+                    }
+                }
+                queue.push_back(Partial {
+                    id,
+                    chunks: vec![None; count],
+                    received: 0,
+                    bytes: 0,
+                    started: now,
+                });
+                queue.len() - 1
+            }
+        };
+        let partial = &mut queue[position];
+        if partial.chunks.len() != count {
+            return Err(FrameError::BadFragment);
+        }
+        if partial.chunks[index].is_none() {
+            partial.bytes += chunk.len();
+            partial.received += 1;
+            partial.chunks[index] = Some(chunk.to_vec());
+        }
+        if partial.received < count {
+            return Ok(None);
+        }
+        let partial = queue.remove(position).expect("present");
+        let mut msg = Vec::with_capacity(partial.bytes);
+        for c in partial.chunks.into_iter().flatten() {
+            msg.extend_from_slice(&c);
+        }
+        Ok(Some((from, msg)))
+    }
+}
+
+/// Counters of the transport, for logs and `rtchain_nodeStats`.
+#[derive(Default)]
+pub struct TransportStats {
+    pub datagrams_in: AtomicU64,
+    pub datagrams_out: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub dropped_bad_tag: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub dropped_send_full: AtomicU64,
+}
+
+/// A message for some validators.
+pub struct Outbound {
+    pub to: Vec<u16>,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// The transport's thread and the way to hand it messages.
+pub struct Transport {
+    outbound: Sender<Outbound>,
+    waker: PortWaker,
+    stop: Arc<AtomicBool>,
+    thread: Option<TileHandle<()>>,
+    pub local_addr: SocketAddrV4,
+    pub stats: Arc<TransportStats>,
+}
+
+impl Transport {
+    /// Opens the port and starts the transport thread (on `core` when given). Every whole
+    /// message from a peer goes to `deliver`.
+    pub fn start(
+        port_config: PortConfig,
+        framer: Framer,
+        peers: Vec<SocketAddrV4>,
+        core: Option<usize>,
+        deliver: impl FnMut(u16, Vec<u8>) + Send + 'static,
+    ) -> Result<Self, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(TransportStats::default());
+        let (outbound, rx) = channel::<Outbound>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let thread_stop = stop.clone();
+        let thread_stats = stats.clone();
+        let thread = spawn_tile("consensus-net", core, move || {
+            let port = match rtchain_dataplane::open_port(&port_config) {
+                Ok(port) => port,
+                Err(e) => {
+                    let _ =
+                        ready_tx.send(Err(format!("consensus.listen {}: {e}", port_config.listen)));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok((port.local_addr(), port.waker())));
+            run(port, framer, peers, rx, deliver, thread_stop, thread_stats);
+        })
+        .map_err(|e| format!("cannot start the consensus transport thread: {e}"))?;
+        let (local_addr, waker) = ready_rx
+            .recv()
+            .map_err(|_| "the consensus transport thread stopped at start".to_string())??;
+        Ok(Self {
+            outbound,
+            waker,
+            stop,
+            thread: Some(thread),
+            local_addr,
+            stats,
+        })
+    }
+
+    pub fn send(&self, to: Vec<u16>, bytes: Vec<u8>) {
+        let _ = self.outbound.send(Outbound {
+            to,
+            bytes: Arc::new(bytes),
+        });
+        self.waker.wake();
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(
+    mut port: Box<dyn DatagramPort>,
+    mut framer: Framer,
+    peers: Vec<SocketAddrV4>,
+    outbound: Receiver<Outbound>,
+    mut deliver: impl FnMut(u16, Vec<u8>),
+    stop: Arc<AtomicBool>,
+    stats: Arc<TransportStats>,
+) {
+    let local_port = port.local_addr().port();
+    let mut rx: Vec<Datagram> = (0..32).map(|_| Datagram::empty()).collect();
+    let mut tx: Vec<Datagram> = Vec::new();
+    let mut pending: VecDeque<Datagram> = VecDeque::new();
+    while !stop.load(Ordering::Acquire) {
+        let mut busy = false;
+        match port.recv_burst(&mut rx) {
+            Ok(n) => {
+                busy |= n > 0;
+                let now = Instant::now();
+                for d in &rx[..n] {
+                    stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                    match framer.accept(d.payload(), now) {
+                        Ok(Some((from, msg))) => {
+                            stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                            deliver(from, msg);
+                        }
+                        Ok(None) => {}
+                        Err(FrameError::BadTag) => {
+                            stats.dropped_bad_tag.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("consensus transport: receive failed: {e}"),
+        }
+        loop {
+            match outbound.try_recv() {
+                Ok(msg) => {
+                    busy = true;
+                    stats.messages_out.fetch_add(1, Ordering::Relaxed);
+                    for to in msg.to {
+                        let Some(&peer) = peers.get(to as usize) else {
+                            continue;
+                        };
+                        for payload in framer.frame(to, &msg.bytes) {
+                            let mut d = Datagram::empty();
+                            d.peer = peer;
+                            d.local_port = local_port;
+                            d.set_payload(&payload);
+                            pending.push_back(d);
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        while !pending.is_empty() {
+            tx.clear();
+            tx.extend(pending.drain(..pending.len().min(64)));
+            match port.send_burst(&tx) {
+                Ok(handled) => {
+                    stats
+                        .datagrams_out
+                        .fetch_add(handled as u64, Ordering::Relaxed);
+                    if handled < tx.len() {
+                        // The kernel queue is full: keep the rest for the next round, bounded.
+                        for d in tx.drain(handled..).rev() {
+                            pending.push_front(d);
+                        }
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("consensus transport: send failed: {e}");
+                    stats
+                        .dropped_send_full
+                        .fetch_add(tx.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        const PENDING_MAX: usize = 1 << 16;
+        while pending.len() > PENDING_MAX {
+            pending.pop_front();
+            stats.dropped_send_full.fetch_add(1, Ordering::Relaxed);
+        }
+        if !busy && pending.is_empty() {
+            let _ = port.wait(Duration::from_millis(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Framer, Framer) {
+        let a = SigningKey::from_bytes(&[1; 32]);
+        let b = SigningKey::from_bytes(&[2; 32]);
+        let ka = link_key(&a, &b.verifying_key(), b"ns");
+        let kb = link_key(&b, &a.verifying_key(), b"ns");
+        assert_eq!(ka, kb, "both ends derive the same link key");
+        (
+            Framer::new(0, vec![[0; 32], ka]),
+            Framer::new(1, vec![kb, [0; 32]]),
+        )
+    }
+
+    #[test]
+    fn messages_of_any_size_round_trip_in_any_order() {
+        let (mut a, mut b) = pair();
+        let now = Instant::now();
+        for len in [0usize, 1, CHUNK_LEN, CHUNK_LEN + 1, 100_000] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut frames = a.frame(1, &msg);
+            frames.reverse();
+            let mut got = None;
+            for f in &frames {
+                assert!(f.len() <= MAX_PAYLOAD);
+                if let Some(m) = b.accept(f, now).unwrap() {
+                    got = Some(m);
+                }
+            }
+            assert_eq!(got, Some((0, msg)));
+        }
+    }
+
+    #[test]
+    fn forged_mutated_and_misdirected_datagrams_are_refused() {
+        let (mut a, mut b) = pair();
+        let now = Instant::now();
+        let frame = a.frame(1, b"vote").remove(0);
+        for i in 0..frame.len() {
+            let mut bad = frame.clone();
+            bad[i] ^= 1;
+            assert!(b.accept(&bad, now).is_err(), "byte {i} flipped");
+        }
+        // A third key cannot speak for validator 0.
+        let c = SigningKey::from_bytes(&[3; 32]);
+        let b_key = SigningKey::from_bytes(&[2; 32]).verifying_key();
+        let mut forger = Framer::new(0, vec![[0; 32], link_key(&c, &b_key, b"ns")]);
+        assert_eq!(
+            b.accept(&forger.frame(1, b"vote")[0], now),
+            Err(FrameError::BadTag)
+        );
+        // Our own frames sent back to us, and garbage.
+        assert!(a.accept(&frame, now).is_err());
+        assert_eq!(b.accept(b"short", now), Err(FrameError::Short));
+    }
+
+    #[test]
+    fn a_lost_fragment_loses_the_message_and_memory_stays_bounded() {
+        let (mut a, mut b) = pair();
+        let now = Instant::now();
+        for _ in 0..100 {
+            let frames = a.frame(1, &vec![9u8; CHUNK_LEN * 3]);
+            for f in &frames[1..] {
+                assert_eq!(b.accept(f, now).unwrap(), None);
+            }
+        }
+        assert!(b.partial[0].len() <= PARTIAL_PER_PEER_MAX);
+        let later = now + PARTIAL_TIMEOUT + Duration::from_millis(1);
+        let frames = a.frame(1, b"fresh");
+        assert_eq!(
+            b.accept(&frames[0], later).unwrap(),
+            Some((0, b"fresh".to_vec()))
+        );
+    }
+}
