@@ -208,6 +208,32 @@ async fn four_validators_finalize_through_a_leader_crash_a_pause_and_a_full_rest
             assert!(seen.succeeded());
         }
     }
+    // A validator that lost its chain data (its vote log kept) syncs everything from its peers.
+    nodes[0].kill9();
+    for dir in ["db", "minilog"] {
+        let path = members[0].data.join(dir);
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    nodes[0] = start(&members[0]);
+    let target = finalized_height(&rpcs[1]).await;
+    wait_for(
+        "validator 0 to sync from genesis",
+        Duration::from_secs(60),
+        || async { (finalized_height(&rpcs[0]).await >= target).then_some(()) },
+    )
+    .await;
+    assert!(stats(&rpcs[0]).await["syncRounds"].as_u64().unwrap() > 0);
+    for r in &receipts {
+        let seen = rpcs[0]
+            .wait_receipt(r.transaction_hash, Duration::from_secs(30))
+            .await;
+        assert_eq!(seen.block_number, r.block_number);
+    }
+
     // Every validator holds the same blocks: same EVM block hashes everywhere.
     let head = rpcs[0].block_number().await.unwrap();
     for n in 1..=head.min(50) {

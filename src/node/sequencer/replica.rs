@@ -127,6 +127,8 @@ struct StatsInner {
     blocks_delivered: u64,
     txs_finalized: u64,
     rejected_payloads: u64,
+    /// Sync responses applied (catching up from peers' stored finalized blocks).
+    sync_rounds: u64,
     engine: rtchain_consensus::Stats,
     transport: Option<Arc<crate::node::transport::TransportStats>>,
 }
@@ -154,6 +156,7 @@ impl ConsensusStats {
                 "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": s.finalize_us.max(),
             },
             "rejectedPayloads": s.rejected_payloads,
+            "syncRounds": s.sync_rounds,
             "engine": {
                 "malformed": s.engine.malformed,
                 "invalidSignature": s.engine.invalid_signature,
@@ -202,7 +205,35 @@ pub struct Replica {
     sync_blocks: bool,
     propose_idle: Duration,
     pub stats: Arc<ConsensusStats>,
+    engine_config: EngineConfig,
+    key: ed25519_dalek::SigningKey,
+    votelog_path: std::path::PathBuf,
+    log_config: VoteLogConfig,
+    catch_up: CatchUp,
 }
+
+/// Fetching finalized blocks from peers when the engine's own body requests cannot close the
+/// gap (we were down longer than peers keep bodies in memory, or we start from genesis).
+#[derive(Default)]
+struct CatchUp {
+    /// The request in flight: peer, first height, when sent.
+    inflight: Option<(u16, Height, Instant)>,
+    /// When the tip last moved, and where it was.
+    tip_seen: Option<(Height, Instant)>,
+    next_peer: u16,
+}
+
+/// First byte of every transport message: what it is for.
+const KIND_ENGINE: u8 = 0;
+const KIND_SYNC_REQUEST: u8 = 1;
+const KIND_SYNC_RESPONSE: u8 = 2;
+/// Finalized blocks per sync response, and their bytes.
+const SYNC_BLOCKS_MAX: u64 = 256;
+const SYNC_BYTES_MAX: usize = 2 << 20;
+/// A sync request unanswered this long goes to the next peer.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+/// The tip must be stuck this long behind a known finalized height before we fetch.
+const SYNC_STALL: Duration = Duration::from_millis(500);
 
 fn anchor_bytes(t: &Tip) -> Vec<u8> {
     let mut b = Vec::with_capacity(80);
@@ -227,6 +258,22 @@ fn block_key(height: Height, digest: &Digest) -> Vec<u8> {
     k.extend_from_slice(&height.to_be_bytes());
     k.extend_from_slice(digest.as_slice());
     k
+}
+
+/// A sync response's blocks, in order, each with its certificate if it came with one.
+fn parse_sync_response(
+    resp: &[u8],
+) -> Option<Vec<(Block, Option<rtchain_consensus::Certificate>)>> {
+    let count = u16::from_be_bytes(resp.get(..2)?.try_into().ok()?) as usize;
+    let mut rest = &resp[2..];
+    let mut out = Vec::with_capacity(count.min(SYNC_BLOCKS_MAX as usize));
+    for _ in 0..count {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let entry = rest.get(4..4usize.checked_add(len)?)?;
+        out.push(decode_final(entry)?);
+        rest = &rest[4 + len..];
+    }
+    (rest.is_empty() && !out.is_empty()).then_some(out)
 }
 
 /// The payload: log records, each as u32 length and bytes.
@@ -338,6 +385,7 @@ impl Replica {
             );
         }
         let namespace = format!("rtchain/chain/{}", chain.exec.chain_id);
+        let key_for_engine = key.clone();
         let validators = Validators::new(keys.clone(), namespace.as_bytes())
             .map_err(|e| bad(format!("consensus.validators: {e}")))?;
         let me = validators.index_of(&key.verifying_key()).ok_or_else(|| {
@@ -371,12 +419,7 @@ impl Replica {
             sync,
             ..Default::default()
         };
-        let path = config.data_dir.join("votelog");
-        let storage = FileStorage::open(&path, log_config.size_bytes())
-            .map_err(|e| NodeError::Recovery(format!("vote log {}: {e}", path.display())))?;
-        let (votelog, replay) = VoteLog::open(storage, log_config, key.verifying_key().as_bytes())
-            .map_err(|e| NodeError::Recovery(format!("vote log: {e}")))?;
-
+        let votelog_path = config.data_dir.join("votelog");
         let genesis_tip = Tip {
             view: 0,
             height: 0,
@@ -388,26 +431,15 @@ impl Replica {
                 .ok_or_else(|| NodeError::Recovery("consensus anchor is malformed".into()))?,
             None => genesis_tip,
         };
-        let anchor = Anchor {
-            view: tip.view,
-            height: tip.height,
-            digest: tip.digest,
-            finalization: None,
-        };
-        let mut engine = Engine::new(engine_config, key.clone(), replay, anchor)
-            .map_err(|e| NodeError::Recovery(format!("consensus: {e}")))?;
-        for (k, bytes) in chain.store.consensus_entries(b"block/")? {
-            match Msg::decode(&bytes) {
-                Ok(Msg::Block(block)) if block.height() > tip.height => {
-                    engine.restore_block(*block)
-                }
-                Ok(_) => chain.store.delete_consensus(&k)?,
-                Err(_) => {
-                    tracing::warn!("dropping an undecodable stored block");
-                    chain.store.delete_consensus(&k)?;
-                }
-            }
-        }
+        let (engine, votelog) = build_engine(
+            &chain.store,
+            &engine_config,
+            &key,
+            &votelog_path,
+            log_config,
+            tip,
+            None,
+        )?;
 
         let mut peer_addrs = Vec::new();
         let mut link_keys = Vec::new();
@@ -459,6 +491,7 @@ impl Replica {
                 blocks_delivered: 0,
                 txs_finalized: 0,
                 rejected_payloads: 0,
+                sync_rounds: 0,
                 engine: Default::default(),
                 transport: Some(transport.stats.clone()),
             }),
@@ -487,8 +520,49 @@ impl Replica {
             sync_blocks: c.sync == ConsensusSync::Always,
             propose_idle: Duration::from_millis(c.propose_idle_ms),
             stats,
+            engine_config,
+            key: key_for_engine,
+            votelog_path,
+            log_config,
+            catch_up: CatchUp::default(),
         })
     }
+}
+
+/// Opens the vote log (replaying it) and builds an engine anchored at `tip`, with every stored
+/// block above it handed back.
+fn build_engine(
+    store: &rtchain_state::Store,
+    config: &EngineConfig,
+    key: &ed25519_dalek::SigningKey,
+    votelog_path: &std::path::Path,
+    log_config: VoteLogConfig,
+    tip: Tip,
+    finalization: Option<rtchain_consensus::Certificate>,
+) -> Result<(Engine, VoteLog<FileStorage>), NodeError> {
+    let storage = FileStorage::open(votelog_path, log_config.size_bytes())
+        .map_err(|e| NodeError::Recovery(format!("vote log {}: {e}", votelog_path.display())))?;
+    let (votelog, replay) = VoteLog::open(storage, log_config, key.verifying_key().as_bytes())
+        .map_err(|e| NodeError::Recovery(format!("vote log: {e}")))?;
+    let anchor = Anchor {
+        view: tip.view,
+        height: tip.height,
+        digest: tip.digest,
+        finalization,
+    };
+    let mut engine = Engine::new(config.clone(), key.clone(), replay, anchor)
+        .map_err(|e| NodeError::Recovery(format!("consensus: {e}")))?;
+    for (k, bytes) in store.consensus_entries(b"block/")? {
+        match Msg::decode(&bytes) {
+            Ok(Msg::Block(block)) if block.height() > tip.height => engine.restore_block(*block),
+            Ok(_) => store.delete_consensus(&k)?,
+            Err(_) => {
+                tracing::warn!("dropping an undecodable stored block");
+                store.delete_consensus(&k)?;
+            }
+        }
+    }
+    Ok((engine, votelog))
 }
 
 impl Sequencer {
@@ -513,6 +587,7 @@ impl Sequencer {
             if self.propose_if_due(&mut rep)? {
                 continue;
             }
+            self.request_sync_if_behind(&mut rep);
             let mut wait = Duration::from_millis(50);
             if let Some((_, at)) = rep.timer {
                 wait = wait.min(at.saturating_duration_since(now));
@@ -557,9 +632,19 @@ impl Sequencer {
         from: u16,
         bytes: &[u8],
     ) -> Result<(), NodeError> {
-        let mut out = Vec::new();
-        rep.engine.handle_bytes(from, bytes, &mut out);
-        self.perform(rep, out)
+        match bytes.split_first() {
+            Some((&KIND_ENGINE, msg)) => {
+                let mut out = Vec::new();
+                rep.engine.handle_bytes(from, msg, &mut out);
+                self.perform(rep, out)
+            }
+            Some((&KIND_SYNC_REQUEST, req)) => {
+                self.serve_sync(rep, from, req)?;
+                Ok(())
+            }
+            Some((&KIND_SYNC_RESPONSE, resp)) => self.apply_sync(rep, from, resp),
+            _ => Ok(()),
+        }
     }
 
     fn step(&mut self, rep: &mut Replica, event: Event) -> Result<(), NodeError> {
@@ -594,7 +679,9 @@ impl Sequencer {
                             .collect(),
                         Target::One(i) => vec![i],
                     };
-                    rep.transport.send(to, msg.encode());
+                    let mut bytes = vec![KIND_ENGINE];
+                    bytes.extend_from_slice(&msg.encode());
+                    rep.transport.send(to, bytes);
                 }
                 Effect::Deliver(finalized) => self.deliver(rep, finalized)?,
                 Effect::ScheduleTimeout { view, after } => {
@@ -1024,6 +1111,164 @@ impl Sequencer {
         records
     }
 
+    /// When the engine knows of finalized blocks we cannot deliver (the tip has not moved for a
+    /// while), asks a peer for the finalized blocks after our tip.
+    fn request_sync_if_behind(&mut self, rep: &mut Replica) {
+        let now = Instant::now();
+        let known = rep.engine.finalized().1;
+        let tip = rep.tip.height;
+        match rep.catch_up.tip_seen {
+            Some((h, _)) if h == tip => {}
+            _ => rep.catch_up.tip_seen = Some((tip, now)),
+        }
+        if known <= tip {
+            return;
+        }
+        let stalled = rep
+            .catch_up
+            .tip_seen
+            .is_some_and(|(_, since)| now.duration_since(since) >= SYNC_STALL);
+        if !stalled {
+            return;
+        }
+        if let Some((_, _, sent)) = rep.catch_up.inflight
+            && now.duration_since(sent) < SYNC_TIMEOUT
+        {
+            return;
+        }
+        let me = rep.engine.me();
+        let mut peer = rep.catch_up.next_peer % rep.n as u16;
+        if peer == me {
+            peer = (peer + 1) % rep.n as u16;
+        }
+        rep.catch_up.next_peer = peer + 1;
+        let from = tip + 1;
+        let mut req = vec![KIND_SYNC_REQUEST];
+        req.extend_from_slice(&from.to_be_bytes());
+        req.extend_from_slice(&(SYNC_BLOCKS_MAX as u16).to_be_bytes());
+        rep.transport.send(vec![peer], req);
+        rep.catch_up.inflight = Some((peer, from, now));
+        tracing::info!(
+            "behind: delivered height {tip}, finalized height known {known}; fetching from validator {peer}"
+        );
+    }
+
+    /// Answers a peer's request with the finalized blocks we keep from its height on, up to the
+    /// last one whose finalization certificate we hold (that certificate proves them all).
+    fn serve_sync(&mut self, rep: &mut Replica, from: u16, req: &[u8]) -> Result<(), NodeError> {
+        if req.len() != 10 {
+            return Ok(());
+        }
+        let start = u64::from_be_bytes(req[..8].try_into().expect("8"));
+        let max = u64::from(u16::from_be_bytes([req[8], req[9]])).min(SYNC_BLOCKS_MAX);
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        let mut usable = 0;
+        let mut bytes = 0;
+        for height in start..start.saturating_add(max) {
+            let Some(entry) = self.chain.store.get_consensus(&final_key(height))? else {
+                break;
+            };
+            bytes += entry.len();
+            if bytes > SYNC_BYTES_MAX {
+                break;
+            }
+            if decode_final(&entry).is_some_and(|(_, cert)| cert.is_some()) {
+                usable = entries.len() + 1;
+            }
+            entries.push(entry);
+        }
+        entries.truncate(usable);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut resp = vec![KIND_SYNC_RESPONSE];
+        resp.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+        for e in &entries {
+            resp.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            resp.extend_from_slice(e);
+        }
+        rep.transport.send(vec![from], resp);
+        Ok(())
+    }
+
+    /// Checks a sync response (it must extend our tip block by block and end in a block with a
+    /// valid finalization certificate), commits its blocks, and restarts the engine from the new
+    /// tip (its votes come back from the vote log).
+    fn apply_sync(&mut self, rep: &mut Replica, from: u16, resp: &[u8]) -> Result<(), NodeError> {
+        match rep.catch_up.inflight {
+            Some((peer, start, _)) if peer == from && start == rep.tip.height + 1 => {}
+            _ => return Ok(()),
+        }
+        let Some(blocks) = parse_sync_response(resp) else {
+            tracing::warn!("validator {from}: malformed sync response");
+            return Ok(());
+        };
+        let mut parent = rep.tip.digest;
+        let mut height = rep.tip.height;
+        for (block, _) in &blocks {
+            if block.parent() != parent || block.height() != height + 1 {
+                tracing::warn!("validator {from}: sync response does not extend our chain");
+                return Ok(());
+            }
+            parent = block.digest();
+            height += 1;
+        }
+        let Some((last, Some(cert))) = blocks.last() else {
+            return Ok(());
+        };
+        let proves =
+            matches!(cert.vote, rtchain_consensus::Vote::Finalize(p) if p == last.proposal());
+        if !proves
+            || rep
+                .engine
+                .config()
+                .validators
+                .verify_certificate(cert)
+                .is_err()
+        {
+            tracing::warn!("validator {from}: sync response without a valid finalization");
+            return Ok(());
+        }
+        let cert = cert.clone();
+        rep.catch_up.inflight = None;
+        rep.stats.inner.lock().sync_rounds += 1;
+        let count = blocks.len();
+        for (block, finalization) in blocks {
+            self.deliver(
+                rep,
+                Finalized {
+                    block,
+                    finalization,
+                },
+            )?;
+        }
+        tracing::info!(
+            "caught up {count} finalized blocks from validator {from}; now at height {}",
+            rep.tip.height
+        );
+        // The engine cannot be moved forward from outside: build it again on the new tip.
+        // Everything the old log holds was written through the same file (a second handle
+        // reads it all), so the replay sees every vote we cast.
+        let (engine, votelog) = build_engine(
+            &self.chain.store,
+            &rep.engine_config,
+            &rep.key,
+            &rep.votelog_path,
+            rep.log_config,
+            rep.tip,
+            Some(cert),
+        )?;
+        rep.engine = engine;
+        rep.votelog = votelog;
+        rep.timer = None;
+        rep.proposing = None;
+        rep.to_verify.clear();
+        rep.spec.clear();
+        let mut out = Vec::new();
+        rep.engine.start(&mut out);
+        self.perform(rep, out)
+    }
+
     /// Commits a finalized block: its mini-blocks to the log and the state, its receipts to
     /// whoever waits, its seals to the sealer; then records the anchor.
     fn deliver(&mut self, rep: &mut Replica, finalized: Finalized) -> Result<(), NodeError> {
@@ -1139,6 +1384,12 @@ impl Sequencer {
         self.chain
             .store
             .put_consensus(b"anchor", &anchor_bytes(&rep.tip), false)?;
+        // Kept for peers that catch up (see `serve_sync`).
+        self.chain.store.put_consensus(
+            &final_key(height),
+            &encode_final(&block, finalized.finalization.as_ref()),
+            false,
+        )?;
         for (k, _) in self.chain.store.consensus_entries(b"block/")? {
             let h = k
                 .get(6..14)
@@ -1197,6 +1448,43 @@ fn advance(
         ..open
     });
     hash
+}
+
+fn final_key(height: Height) -> Vec<u8> {
+    let mut k = b"final/".to_vec();
+    k.extend_from_slice(&height.to_be_bytes());
+    k
+}
+
+/// A finalized block as kept for catch-up: the block, then its finalization certificate if we
+/// hold it.
+fn encode_final(block: &Block, cert: Option<&rtchain_consensus::Certificate>) -> Vec<u8> {
+    let body = Msg::Block(Box::new(block.clone())).encode();
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    if let Some(cert) = cert {
+        out.extend_from_slice(&Msg::Certificate(Box::new(cert.clone())).encode());
+    }
+    out
+}
+
+fn decode_final(bytes: &[u8]) -> Option<(Block, Option<rtchain_consensus::Certificate>)> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let body = bytes.get(4..4usize.checked_add(len)?)?;
+    let Ok(Msg::Block(block)) = Msg::decode(body) else {
+        return None;
+    };
+    let rest = &bytes[4 + len..];
+    let cert = if rest.is_empty() {
+        None
+    } else {
+        match Msg::decode(rest) {
+            Ok(Msg::Certificate(cert)) => Some(*cert),
+            _ => return None,
+        }
+    };
+    Some((*block, cert))
 }
 
 fn mini_header(m: &MiniBlockRecord, parent_hash: B256, gas_used: u64) -> MiniBlockHeader {
