@@ -34,26 +34,30 @@ pub struct Validator {
     pub child: Option<Child>,
 }
 
-fn free_tcp_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
+/// Ports chosen so far for port-0 clusters, held open until every port is chosen (a port
+/// released at once could be handed out twice).
+#[derive(Default)]
+struct Held {
+    tcp: Vec<TcpListener>,
+    udp: Vec<UdpSocket>,
 }
 
-fn free_udp_port() -> Result<u16, String> {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("cannot find a free port: {e}"))
-}
-
-fn port(base: u16, i: usize, free: fn() -> Result<u16, String>) -> Result<u16, String> {
-    if base == 0 {
-        free()
+fn port(base: u16, i: usize, held: &mut Held, udp: bool) -> Result<u16, String> {
+    if base != 0 {
+        return u16::try_from(base as usize + 10 * i)
+            .map_err(|_| format!("port {base} + {} is out of range", 10 * i));
+    }
+    let err = |e: std::io::Error| format!("cannot find a free port: {e}");
+    if udp {
+        let socket = UdpSocket::bind("127.0.0.1:0").map_err(err)?;
+        let port = socket.local_addr().map_err(err)?.port();
+        held.udp.push(socket);
+        Ok(port)
     } else {
-        u16::try_from(base as usize + 10 * i)
-            .map_err(|_| format!("port {base} + {} is out of range", 10 * i))
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(err)?;
+        let port = listener.local_addr().map_err(err)?.port();
+        held.tcp.push(listener);
+        Ok(port)
     }
 }
 
@@ -83,11 +87,15 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
     } else {
         spec.rpc_base_port + 4
     };
+    let mut held = Held::default();
     let mut entries = Vec::new();
     for (i, (_, public)) in keys.iter().enumerate() {
         entries.push(ValidatorEntry {
             key: public.clone(),
-            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(consensus_base, i, free_udp_port)?),
+            addr: SocketAddrV4::new(
+                Ipv4Addr::LOCALHOST,
+                port(consensus_base, i, &mut held, true)?,
+            ),
         });
     }
     let mut out = Vec::new();
@@ -99,7 +107,7 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
         };
         config.rpc.addr = SocketAddr::from((
             Ipv4Addr::LOCALHOST,
-            port(spec.rpc_base_port, i, free_tcp_port)?,
+            port(spec.rpc_base_port, i, &mut held, false)?,
         ));
         config.chain.chain_id = spec.chain_id;
         config.chain.genesis = spec.genesis.clone();
@@ -113,7 +121,7 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
         match spec.fastpath_base_port {
             Some(base) => {
                 config.fastpath.listen =
-                    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(base, i, free_udp_port)?);
+                    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(base, i, &mut held, true)?);
                 config.fastpath.verify_tiles = 0;
             }
             None => config.fastpath.enabled = false,

@@ -121,6 +121,9 @@ pub struct Chain {
     /// Transactions accepted but not executed yet (in the channel or waiting for a nonce gap).
     pub pool: RwLock<Pool>,
     ingress: crossbeam_channel::Sender<Submission>,
+    /// Wakes the sequencer when it sleeps on something else than the ingress queue (a
+    /// validator waits on its consensus port).
+    ingress_waker: std::sync::OnceLock<rtchain_dataplane::PortWaker>,
     shutdown: AtomicBool,
 }
 
@@ -232,7 +235,12 @@ impl Chain {
             pool.insert(submission.tx.clone());
         }
         match self.ingress.try_send(submission) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(waker) = self.ingress_waker.get() {
+                    waker.wake();
+                }
+                Ok(())
+            }
             Err(e) => {
                 self.pool.write().remove(&hash);
                 Err(match e {
@@ -245,6 +253,10 @@ impl Chain {
                 })
             }
         }
+    }
+
+    pub fn set_ingress_waker(&self, waker: rtchain_dataplane::PortWaker) {
+        let _ = self.ingress_waker.set(waker);
     }
 
     pub fn shutdown(&self) {
@@ -450,6 +462,7 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
         recent: RwLock::new(VecDeque::with_capacity(RECENT_BLOCKS)),
         pool: RwLock::new(Pool::default()),
         ingress,
+        ingress_waker: std::sync::OnceLock::new(),
         shutdown: AtomicBool::new(false),
     };
     Ok((

@@ -156,13 +156,7 @@ pub fn spawn(
     sequencer.to_sealer = Some(to_sealer);
     sequencer.sealer_thread = Some(sealer_thread);
     let replica = if config.consensus.enabled() {
-        let (peers_tx, peers_rx) = crossbeam_channel::bounded(65_536);
-        Some(replica::Replica::open(
-            config,
-            &sequencer.chain,
-            peers_tx,
-            peers_rx,
-        )?)
+        Some(replica::Replica::open(config, &sequencer.chain)?)
     } else {
         None
     };

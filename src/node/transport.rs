@@ -1,5 +1,6 @@
 //! Consensus messages between validators over UDP, through the dataplane's `DatagramPort` (any
-//! backend): authenticated per datagram, fragmented and reassembled, on one pinned thread.
+//! backend): authenticated per datagram, fragmented and reassembled, polled by the thread that
+//! runs the engine.
 //!
 //! Frame (every datagram): magic `RTCC`, version 1, sender index u16, receiver index u16,
 //! message id u64, fragment index u16, fragment count u16, a chunk of the message, then a 16-byte
@@ -18,18 +19,14 @@ use std::{
     net::SocketAddrV4,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{Receiver, Sender, TryRecvError, channel},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use alloy_primitives::keccak256;
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rtchain_dataplane::{
-    Datagram, DatagramPort, MAX_PAYLOAD, PortConfig, PortWaker,
-    tile::{TileHandle, spawn_tile},
-};
+use rtchain_dataplane::{Datagram, DatagramPort, MAX_PAYLOAD, PortConfig, PortWaker};
 
 const MAGIC: &[u8; 4] = b"RTCC";
 const VERSION: u8 = 1;
@@ -172,8 +169,13 @@ impl Framer {
         let position = match queue.iter().position(|p| p.id == id) {
             Some(i) => i,
             None => {
+                // Bounded by what each partial message may grow to, not what it holds yet.
                 while queue.len() >= PARTIAL_PER_PEER_MAX
-                    || queue.iter().map(|p| p.bytes).sum::<usize>() + count * CHUNK_LEN
+                    || queue
+                        .iter()
+                        .map(|p| p.chunks.len() * CHUNK_LEN)
+                        .sum::<usize>()
+                        + count * CHUNK_LEN
                         > PARTIAL_BYTES_PER_PEER_MAX
                 {
                     if queue.pop_front().is_none() {
@@ -223,175 +225,143 @@ pub struct TransportStats {
     pub dropped_send_full: AtomicU64,
 }
 
-/// A message for some validators.
-pub struct Outbound {
-    pub to: Vec<u16>,
-    pub bytes: Arc<Vec<u8>>,
-}
-
-/// The transport's thread and the way to hand it messages.
+/// The consensus port and its framing, owned and polled by the thread that runs the engine:
+/// a message goes out in the same step that produced it and a datagram is handled by the thread
+/// it woke, with no hand-over between threads (each costs a wake-up, tens of microseconds on a
+/// shared host, several per message delay).
 pub struct Transport {
-    outbound: Sender<Outbound>,
-    waker: PortWaker,
-    stop: Arc<AtomicBool>,
-    thread: Option<TileHandle<()>>,
+    port: Box<dyn DatagramPort>,
+    framer: Framer,
+    peers: Vec<SocketAddrV4>,
+    rx: Vec<Datagram>,
+    /// Datagrams the kernel queue had no room for, retried first; bounded.
+    pending: VecDeque<Datagram>,
     pub local_addr: SocketAddrV4,
     pub stats: Arc<TransportStats>,
 }
 
+/// Datagrams kept for a retry when the send queue is full; beyond this the oldest are dropped
+/// (the engine re-sends what matters).
+const PENDING_MAX: usize = 1 << 16;
+
 impl Transport {
-    /// Opens the port and starts the transport thread (on `core` when given). Every whole
-    /// message from a peer goes to `deliver`.
-    pub fn start(
-        port_config: PortConfig,
+    pub fn open(
+        port_config: &PortConfig,
         framer: Framer,
         peers: Vec<SocketAddrV4>,
-        core: Option<usize>,
-        deliver: impl FnMut(u16, Vec<u8>) + Send + 'static,
     ) -> Result<Self, String> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(TransportStats::default());
-        let (outbound, rx) = channel::<Outbound>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let thread_stop = stop.clone();
-        let thread_stats = stats.clone();
-        let thread = spawn_tile("consensus-net", core, move || {
-            let port = match rtchain_dataplane::open_port(&port_config) {
-                Ok(port) => port,
-                Err(e) => {
-                    let _ =
-                        ready_tx.send(Err(format!("consensus.listen {}: {e}", port_config.listen)));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok((port.local_addr(), port.waker())));
-            run(port, framer, peers, rx, deliver, thread_stop, thread_stats);
-        })
-        .map_err(|e| format!("cannot start the consensus transport thread: {e}"))?;
-        let (local_addr, waker) = ready_rx
-            .recv()
-            .map_err(|_| "the consensus transport thread stopped at start".to_string())??;
+        let port = rtchain_dataplane::open_port(port_config)
+            .map_err(|e| format!("consensus.listen {}: {e}", port_config.listen))?;
         Ok(Self {
-            outbound,
-            waker,
-            stop,
-            thread: Some(thread),
-            local_addr,
-            stats,
+            local_addr: port.local_addr(),
+            port,
+            framer,
+            peers,
+            rx: (0..32).map(|_| Datagram::empty()).collect(),
+            pending: VecDeque::new(),
+            stats: Arc::new(TransportStats::default()),
         })
     }
 
-    pub fn send(&self, to: Vec<u16>, bytes: Vec<u8>) {
-        let _ = self.outbound.send(Outbound {
-            to,
-            bytes: Arc::new(bytes),
-        });
-        self.waker.wake();
+    /// Wakes [`Transport::wait`] from another thread (a new submission).
+    pub fn waker(&self) -> PortWaker {
+        self.port.waker()
     }
-}
 
-impl Drop for Transport {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.waker.wake();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn run(
-    mut port: Box<dyn DatagramPort>,
-    mut framer: Framer,
-    peers: Vec<SocketAddrV4>,
-    outbound: Receiver<Outbound>,
-    mut deliver: impl FnMut(u16, Vec<u8>),
-    stop: Arc<AtomicBool>,
-    stats: Arc<TransportStats>,
-) {
-    let local_port = port.local_addr().port();
-    let mut rx: Vec<Datagram> = (0..32).map(|_| Datagram::empty()).collect();
-    let mut tx: Vec<Datagram> = Vec::new();
-    let mut pending: VecDeque<Datagram> = VecDeque::new();
-    while !stop.load(Ordering::Acquire) {
-        let mut busy = false;
-        match port.recv_burst(&mut rx) {
-            Ok(n) => {
-                busy |= n > 0;
-                let now = Instant::now();
-                for d in &rx[..n] {
-                    stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                    match framer.accept(d.payload(), now) {
-                        Ok(Some((from, msg))) => {
-                            stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                            deliver(from, msg);
-                        }
-                        Ok(None) => {}
-                        Err(FrameError::BadTag) => {
-                            stats.dropped_bad_tag.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!("consensus transport: receive failed: {e}"),
-        }
-        loop {
-            match outbound.try_recv() {
-                Ok(msg) => {
-                    busy = true;
-                    stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                    for to in msg.to {
-                        let Some(&peer) = peers.get(to as usize) else {
-                            continue;
-                        };
-                        for payload in framer.frame(to, &msg.bytes) {
-                            let mut d = Datagram::empty();
-                            d.peer = peer;
-                            d.local_port = local_port;
-                            d.set_payload(&payload);
-                            pending.push_back(d);
-                        }
-                    }
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return,
+    /// Frames `msg` for each of `to` and sends what the kernel takes now.
+    pub fn send(&mut self, to: &[u16], msg: &[u8]) {
+        self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        let local_port = self.local_addr.port();
+        for &peer_index in to {
+            let Some(&peer) = self.peers.get(peer_index as usize) else {
+                continue;
+            };
+            for payload in self.framer.frame(peer_index, msg) {
+                let mut d = Datagram::empty();
+                d.peer = peer;
+                d.local_port = local_port;
+                d.set_payload(&payload);
+                self.pending.push_back(d);
             }
         }
-        while !pending.is_empty() {
-            tx.clear();
-            tx.extend(pending.drain(..pending.len().min(64)));
-            match port.send_burst(&tx) {
+        self.flush();
+    }
+
+    /// Sends what waits, as far as the kernel queue takes it.
+    pub fn flush(&mut self) {
+        let mut batch: Vec<Datagram> = Vec::new();
+        while !self.pending.is_empty() {
+            batch.clear();
+            batch.extend(self.pending.drain(..self.pending.len().min(64)));
+            match self.port.send_burst(&batch) {
                 Ok(handled) => {
-                    stats
+                    self.stats
                         .datagrams_out
                         .fetch_add(handled as u64, Ordering::Relaxed);
-                    if handled < tx.len() {
-                        // The kernel queue is full: keep the rest for the next round, bounded.
-                        for d in tx.drain(handled..).rev() {
-                            pending.push_front(d);
+                    if handled < batch.len() {
+                        for d in batch.drain(handled..).rev() {
+                            self.pending.push_front(d);
                         }
                         break;
                     }
                 }
                 Err(e) => {
                     tracing::debug!("consensus transport: send failed: {e}");
-                    stats
+                    self.stats
                         .dropped_send_full
-                        .fetch_add(tx.len() as u64, Ordering::Relaxed);
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
             }
         }
-        const PENDING_MAX: usize = 1 << 16;
-        while pending.len() > PENDING_MAX {
-            pending.pop_front();
-            stats.dropped_send_full.fetch_add(1, Ordering::Relaxed);
+        while self.pending.len() > PENDING_MAX {
+            self.pending.pop_front();
+            self.stats.dropped_send_full.fetch_add(1, Ordering::Relaxed);
         }
-        if !busy && pending.is_empty() {
-            let _ = port.wait(Duration::from_millis(5));
+    }
+
+    /// Receives what has arrived (without blocking) and appends each whole, authenticated
+    /// message to `out` as (sender index, bytes).
+    pub fn recv(&mut self, out: &mut Vec<(u16, Vec<u8>)>) {
+        // A bounded number of bursts, so a flood cannot starve the caller's other work.
+        for _ in 0..8 {
+            let n = match self.port.recv_burst(&mut self.rx) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("consensus transport: receive failed: {e}");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for d in &self.rx[..n] {
+                self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                match self.framer.accept(d.payload(), now) {
+                    Ok(Some(message)) => {
+                        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                        out.push(message);
+                    }
+                    Ok(None) => {}
+                    Err(FrameError::BadTag) => {
+                        self.stats.dropped_bad_tag.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if n < self.rx.len() {
+                return;
+            }
         }
+    }
+
+    /// Sleeps until a datagram arrives, the waker fires, or `timeout` passes.
+    pub fn wait(&mut self, timeout: Duration) {
+        if !self.pending.is_empty() {
+            // Room in the send queue frees up without a wake-up: poll again soon.
+            let _ = self.port.wait(timeout.min(Duration::from_micros(200)));
+            return;
+        }
+        let _ = self.port.wait(timeout);
     }
 }
 

@@ -28,15 +28,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy_primitives::{B256, keccak256};
+use alloy_primitives::{Address, B256, keccak256};
 use parking_lot::Mutex;
 use rtchain_consensus::{
     Anchor, Block, Config as EngineConfig, Digest, Effect, Engine, Event, Finalized, Height, Msg,
     Target, Validators, View, VoteLog, VoteLogConfig, votelog::FileStorage,
 };
 use rtchain_exec::{
-    BlockContext, MiniBlockHeader, RecoveredTx, StateDiff, TxOutcome, TxReceipt, receipt,
+    BlockContext, MiniBlockHeader, RecoveredTx, StateDiff, TxError, TxOutcome, TxReceipt, receipt,
 };
+use rtchain_rpc::backend::BackendError;
 use rtchain_state::{LogRecord, MiniLog, minilog::MiniBlockRecord};
 
 use super::{NodeError, Sequencer};
@@ -100,6 +101,11 @@ struct Tip {
     height: Height,
     digest: Digest,
     commitment: B256,
+}
+
+/// A client waiting for a transaction's receipt on this node.
+struct Waiter {
+    reply: Reply,
 }
 
 #[derive(Clone, Copy)]
@@ -191,7 +197,6 @@ pub struct Replica {
     engine: Engine,
     votelog: VoteLog<FileStorage>,
     transport: Transport,
-    peers_rx: crossbeam_channel::Receiver<(u16, Vec<u8>)>,
     n: usize,
     timer: Option<(View, Instant)>,
     proposing: Option<ProposeRequest>,
@@ -200,7 +205,14 @@ pub struct Replica {
     tip: Tip,
     /// Replies for transactions submitted here, by hash: answered when a finalized block
     /// includes them, whoever proposed it.
-    waiting: HashMap<B256, Reply>,
+    waiting: HashMap<B256, Waiter>,
+    /// Waiting hashes by sender and nonce, to answer those another transaction replaced.
+    waiting_by_nonce: HashMap<(Address, u64), Vec<B256>>,
+    /// Transactions accepted here since the last flush, to gossip to the other validators so
+    /// that whoever leads next can include them.
+    gossip_out: Vec<alloy_primitives::Bytes>,
+    /// Transactions of our proposals not finalized yet, by digest, with the height.
+    own: HashMap<Digest, (Height, Vec<RecoveredTx>)>,
     first_seen: HashMap<Digest, Instant>,
     sync_blocks: bool,
     propose_idle: Duration,
@@ -221,15 +233,23 @@ struct CatchUp {
     /// When the tip last moved, and where it was.
     tip_seen: Option<(Height, Instant)>,
     next_peer: u16,
+    /// When we last answered each peer's request.
+    served: HashMap<u16, Instant>,
 }
 
 /// First byte of every transport message: what it is for.
 const KIND_ENGINE: u8 = 0;
 const KIND_SYNC_REQUEST: u8 = 1;
 const KIND_SYNC_RESPONSE: u8 = 2;
+const KIND_TXS: u8 = 3;
+/// Transactions and bytes per gossip message.
+const GOSSIP_TXS_MAX: u16 = 512;
+const GOSSIP_BYTES_MAX: usize = 256 << 10;
 /// Finalized blocks per sync response, and their bytes.
 const SYNC_BLOCKS_MAX: u64 = 256;
-const SYNC_BYTES_MAX: usize = 2 << 20;
+const SYNC_BYTES_MAX: usize = 1 << 20;
+/// At most one sync answer per peer this often.
+const SYNC_SERVE_INTERVAL: Duration = Duration::from_millis(100);
 /// A sync request unanswered this long goes to the next peer.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// The tip must be stuck this long behind a known finalized height before we fetch.
@@ -258,6 +278,41 @@ fn block_key(height: Height, digest: &Digest) -> Vec<u8> {
     k.extend_from_slice(&height.to_be_bytes());
     k.extend_from_slice(digest.as_slice());
     k
+}
+
+/// Decodes each transaction again and recovers its sender; refuses the payload if a sender
+/// differs from the one it claims or a transaction is invalid on its own.
+fn recover_all(
+    txs: &[RecoveredTx],
+    exec: &rtchain_exec::ExecConfig,
+) -> Result<Vec<RecoveredTx>, Invalid> {
+    use rayon::prelude::*;
+    txs.par_iter()
+        .map(|claimed| {
+            let tx = rtchain_exec::tx::decode_and_recover(&claimed.raw, exec)
+                .map_err(|e| Invalid(format!("transaction {}: {e}", claimed.hash)))?;
+            if tx.sender != claimed.sender {
+                return Err(Invalid(format!(
+                    "transaction {} claims sender {} but is signed by {}",
+                    tx.hash, claimed.sender, tx.sender
+                )));
+            }
+            Ok(tx)
+        })
+        .collect()
+}
+
+/// A gossip message's raw transactions.
+fn parse_gossip(msg: &[u8]) -> Option<Vec<&[u8]>> {
+    let count = u16::from_be_bytes(msg.get(..2)?.try_into().ok()?) as usize;
+    let mut rest = &msg[2..];
+    let mut out = Vec::with_capacity(count.min(GOSSIP_TXS_MAX as usize));
+    for _ in 0..count {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        out.push(rest.get(4..4usize.checked_add(len)?)?);
+        rest = &rest[4 + len..];
+    }
+    rest.is_empty().then_some(out)
 }
 
 /// A sync response's blocks, in order, each with its certificate if it came with one.
@@ -296,15 +351,15 @@ fn decode_payload(mut bytes: &[u8]) -> Result<Vec<LogRecord>, Invalid> {
         }
         let len = u32::from_be_bytes(bytes[..4].try_into().expect("4")) as usize;
         let body = bytes
-            .get(4..4 + len)
+            .get(4..4usize.saturating_add(len))
             .ok_or_else(|| Invalid("truncated payload record".into()))?;
+        if out.len() == 4 {
+            return Err(Invalid("too many records in one payload".into()));
+        }
         out.push(
             LogRecord::decode(body).ok_or_else(|| Invalid("malformed payload record".into()))?,
         );
         bytes = &bytes[4 + len..];
-    }
-    if out.len() > 4 {
-        return Err(Invalid("too many records in one payload".into()));
     }
     Ok(out)
 }
@@ -352,12 +407,7 @@ fn chain_commitment(parent: B256, parts: &[u8]) -> B256 {
 impl Replica {
     /// Opens the vote log, the stored blocks and the anchor, binds the transport, and builds the
     /// engine. `tip_point` is where the replayed chain stands.
-    pub(super) fn open(
-        config: &NodeConfig,
-        chain: &crate::node::Chain,
-        peers_tx: crossbeam_channel::Sender<(u16, Vec<u8>)>,
-        peers_rx: crossbeam_channel::Receiver<(u16, Vec<u8>)>,
-    ) -> Result<Self, NodeError> {
+    pub(super) fn open(config: &NodeConfig, chain: &crate::node::Chain) -> Result<Self, NodeError> {
         let c: &ConsensusSection = &config.consensus;
         let bad = |m: String| NodeError::Config(m);
         let key_file = c
@@ -464,17 +514,10 @@ impl Replica {
             dpdk: Default::default(),
         };
         let framer = Framer::new(me as u16, link_keys);
-        // A full queue drops the message: the engine re-sends what matters.
-        let transport = Transport::start(
-            port_config,
-            framer,
-            peer_addrs,
-            config.cores.consensus,
-            move |from, bytes| {
-                let _ = peers_tx.try_send((from, bytes));
-            },
-        )
-        .map_err(NodeError::Config)?;
+        let transport =
+            Transport::open(&port_config, framer, peer_addrs).map_err(NodeError::Config)?;
+        // A submission wakes the sequencer out of its wait on the consensus port.
+        chain.set_ingress_waker(transport.waker());
 
         let stats = Arc::new(ConsensusStats {
             inner: Mutex::new(StatsInner {
@@ -508,7 +551,6 @@ impl Replica {
             engine,
             votelog,
             transport,
-            peers_rx,
             n: c.validators.len(),
             timer: None,
             proposing: None,
@@ -516,6 +558,9 @@ impl Replica {
             spec: HashMap::new(),
             tip,
             waiting: HashMap::new(),
+            waiting_by_nonce: HashMap::new(),
+            gossip_out: Vec::new(),
+            own: HashMap::new(),
             first_seen: HashMap::new(),
             sync_blocks: c.sync == ConsensusSync::Always,
             propose_idle: Duration::from_millis(c.propose_idle_ms),
@@ -526,6 +571,15 @@ impl Replica {
             log_config,
             catch_up: CatchUp::default(),
         })
+    }
+}
+
+impl Replica {
+    /// Every validator but us.
+    fn others(&self) -> Vec<u16> {
+        (0..self.n as u16)
+            .filter(|&i| i != self.engine.me())
+            .collect()
     }
 }
 
@@ -568,9 +622,14 @@ fn build_engine(
 impl Sequencer {
     /// The loop of a validator: peers' messages, timers, submissions, proposals.
     pub(super) fn run_replicated(&mut self, mut rep: Replica) -> Result<(), NodeError> {
-        let mut out = Vec::new();
-        rep.engine.start(&mut out);
-        self.perform(&mut rep, out)?;
+        if self.finish_interrupted_deliveries(&mut rep)? {
+            self.rebuild_engine(&mut rep, None)?;
+        } else {
+            let mut out = Vec::new();
+            rep.engine.start(&mut out);
+            self.perform(&mut rep, out)?;
+        }
+        let mut inbox = Vec::new();
         loop {
             if self.chain.is_shut_down() {
                 return Ok(());
@@ -583,11 +642,28 @@ impl Sequencer {
                 self.step(&mut rep, Event::Timeout(view))?;
                 continue;
             }
+            // Everything that arrived, peers first (they move the chain), then submissions.
+            let mut busy = false;
+            inbox.clear();
+            rep.transport.recv(&mut inbox);
+            for (from, bytes) in inbox.drain(..) {
+                busy = true;
+                self.on_peer_bytes(&mut rep, from, &bytes)?;
+            }
+            while let Ok(s) = self.ingress.try_recv() {
+                busy = true;
+                self.accept_submission(&mut rep, s);
+            }
             self.verify_ready(&mut rep)?;
             if self.propose_if_due(&mut rep)? {
                 continue;
             }
             self.request_sync_if_behind(&mut rep);
+            self.flush_gossip(&mut rep);
+            rep.transport.flush();
+            if busy {
+                continue;
+            }
             let mut wait = Duration::from_millis(50);
             if let Some((_, at)) = rep.timer {
                 wait = wait.min(at.saturating_duration_since(now));
@@ -595,35 +671,124 @@ impl Sequencer {
             if let Some(p) = &rep.proposing {
                 wait = wait.min((p.since + rep.propose_idle).saturating_duration_since(now));
             }
-            crossbeam_channel::select! {
-                recv(rep.peers_rx) -> msg => {
-                    let Ok((from, bytes)) = msg else { return Ok(()) };
-                    self.on_peer_bytes(&mut rep, from, &bytes)?;
-                    // Drain what else arrived before deciding anything.
-                    while let Ok((from, bytes)) = rep.peers_rx.try_recv() {
-                        self.on_peer_bytes(&mut rep, from, &bytes)?;
-                    }
-                }
-                recv(self.ingress) -> s => {
-                    let Ok(s) = s else { return Ok(()) };
-                    self.accept_submission(&mut rep, s);
-                    while let Ok(s) = self.ingress.try_recv() {
-                        self.accept_submission(&mut rep, s);
-                    }
-                }
-                default(wait) => {}
-            }
+            rep.transport.wait(wait);
         }
     }
 
     fn accept_submission(&mut self, rep: &mut Replica, s: Submission) {
         if let Some(reply) = s.reply {
-            rep.waiting.insert(s.tx.hash, reply);
+            let sender = s.tx.sender;
+            let nonce = alloy_consensus::Transaction::nonce(&s.tx.envelope);
+            rep.waiting.insert(s.tx.hash, Waiter { reply });
+            rep.waiting_by_nonce
+                .entry((sender, nonce))
+                .or_default()
+                .push(s.tx.hash);
         }
+        rep.gossip_out.push(s.tx.raw.clone());
         self.ready.push_back(Submission {
             tx: s.tx,
             reply: None,
         });
+    }
+
+    /// Sends the transactions accepted since the last call to every other validator.
+    fn flush_gossip(&mut self, rep: &mut Replica) {
+        if rep.gossip_out.is_empty() {
+            return;
+        }
+        let others = rep.others();
+        let mut msg = vec![KIND_TXS];
+        let mut count = 0u16;
+        let mut body = Vec::new();
+        for raw in std::mem::take(&mut rep.gossip_out) {
+            body.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+            body.extend_from_slice(&raw);
+            count += 1;
+            if count == GOSSIP_TXS_MAX || body.len() > GOSSIP_BYTES_MAX {
+                msg.extend_from_slice(&count.to_be_bytes());
+                msg.append(&mut body);
+                rep.transport.send(&others, &msg);
+                msg.truncate(1);
+                count = 0;
+            }
+        }
+        if count > 0 {
+            msg.extend_from_slice(&count.to_be_bytes());
+            msg.append(&mut body);
+            rep.transport.send(&others, &msg);
+        }
+    }
+
+    /// Transactions another validator accepted: checked like any submission (decoded, senders
+    /// recovered, nonces against our state) and queued for when we lead. Nobody waits for them
+    /// here.
+    fn accept_gossip(&mut self, msg: &[u8]) {
+        let Some(raws) = parse_gossip(msg) else {
+            return;
+        };
+        let limit = self.chain.sequencer.max_pending_txs;
+        let fresh: Vec<&[u8]> = {
+            let pool = self.chain.pool.read();
+            if pool.pending_count() >= limit {
+                return;
+            }
+            raws.into_iter()
+                .filter(|raw| !pool.contains(&alloy_primitives::keccak256(raw)))
+                .collect()
+        };
+        use rayon::prelude::*;
+        let exec = &self.chain.exec;
+        let recovered: Vec<RecoveredTx> = fresh
+            .par_iter()
+            .filter_map(|raw| rtchain_exec::tx::decode_and_recover(raw, exec).ok())
+            .collect();
+        let state = self.chain.latest_state();
+        let mut accepted = Vec::new();
+        for tx in recovered {
+            let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
+            let current = rtchain_exec::StateReader::account(&state, tx.sender)
+                .ok()
+                .flatten()
+                .map_or(0, |a| a.nonce);
+            if nonce >= current {
+                accepted.push(tx);
+            }
+        }
+        drop(state);
+        let mut pool = self.chain.pool.write();
+        for tx in accepted {
+            if pool.contains(&tx.hash) {
+                continue;
+            }
+            if pool.pending_count() >= limit {
+                break;
+            }
+            pool.insert(tx.clone());
+            self.ready.push_back(Submission { tx, reply: None });
+        }
+    }
+
+    /// After a delivery: waiters whose nonce another transaction has taken learn so.
+    fn answer_replaced(&mut self, rep: &mut Replica, included: &[(Address, u64, B256)]) {
+        for (sender, nonce, hash) in included {
+            let Some(hashes) = rep.waiting_by_nonce.remove(&(*sender, *nonce)) else {
+                continue;
+            };
+            for h in hashes {
+                if h == *hash {
+                    continue;
+                }
+                if let Some(w) = rep.waiting.remove(&h) {
+                    self.answers.send(
+                        w.reply,
+                        Err(BackendError::InvalidTransaction(format!(
+                            "replaced: transaction {hash} with the same nonce {nonce} was finalized"
+                        ))),
+                    );
+                }
+            }
+        }
     }
 
     fn on_peer_bytes(
@@ -643,6 +808,10 @@ impl Sequencer {
                 Ok(())
             }
             Some((&KIND_SYNC_RESPONSE, resp)) => self.apply_sync(rep, from, resp),
+            Some((&KIND_TXS, txs)) => {
+                self.accept_gossip(txs);
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -674,14 +843,12 @@ impl Sequencer {
                 Effect::Persist(_) => {}
                 Effect::Send(target, msg) => {
                     let to: Vec<u16> = match target {
-                        Target::All => (0..rep.n as u16)
-                            .filter(|&i| i != rep.engine.me())
-                            .collect(),
+                        Target::All => rep.others(),
                         Target::One(i) => vec![i],
                     };
                     let mut bytes = vec![KIND_ENGINE];
                     bytes.extend_from_slice(&msg.encode());
-                    rep.transport.send(to, bytes);
+                    rep.transport.send(&to, &bytes);
                 }
                 Effect::Deliver(finalized) => self.deliver(rep, finalized)?,
                 Effect::ScheduleTimeout { view, after } => {
@@ -715,6 +882,55 @@ impl Sequencer {
             s.engine = rep.engine.stats().clone();
         }
         Ok(())
+    }
+
+    /// A crash in the middle of a delivery leaves a block whose first records are committed
+    /// (the mini-block log replayed them) while the anchor still names its parent. Only
+    /// finalized blocks are ever committed, so such a stored block is final: finish it (and any
+    /// such successor) before the engine starts. Returns whether the tip moved.
+    fn finish_interrupted_deliveries(&mut self, rep: &mut Replica) -> Result<bool, NodeError> {
+        let mut moved = false;
+        loop {
+            let (last_mini, closed) = {
+                let s = self.chain.state.read();
+                (s.last_mini_block, s.closed_head)
+            };
+            let mut next = None;
+            for (_, bytes) in self.chain.store.consensus_entries(b"block/")? {
+                let Ok(Msg::Block(block)) = Msg::decode(&bytes) else {
+                    continue;
+                };
+                if block.parent() != rep.tip.digest || block.height() != rep.tip.height + 1 {
+                    continue;
+                }
+                let Ok(records) = decode_payload(block.payload()) else {
+                    continue;
+                };
+                let applied = records.iter().any(|r| match r {
+                    LogRecord::MiniBlock(m) => m.number <= last_mini,
+                    LogRecord::Seal { block_number, .. } => *block_number <= closed,
+                });
+                if applied {
+                    next = Some(*block);
+                    break;
+                }
+            }
+            let Some(block) = next else {
+                return Ok(moved);
+            };
+            tracing::info!(
+                height = block.height(),
+                "finishing the delivery a crash interrupted"
+            );
+            self.deliver(
+                rep,
+                Finalized {
+                    block,
+                    finalization: None,
+                },
+            )?;
+            moved = true;
+        }
     }
 
     /// The tip's execution point: the committed chain as it stands.
@@ -772,7 +988,7 @@ impl Sequencer {
                 false
             } else {
                 let (base, diffs) = self.base_of(rep, &block.parent()).expect("checked above");
-                match self.execute_records(base, diffs, &block) {
+                match self.execute_records(base, diffs, &block, false) {
                     Ok(spec) if spec.point.commitment == block.commitment() => {
                         // Stored before we vote for it: a notarized block stays available.
                         rep.spec.insert(digest, spec);
@@ -803,18 +1019,30 @@ impl Sequencer {
     }
 
     /// Executes a block's records on `base` (with `diffs` from the tip to its parent).
+    /// `trusted`: our own payload, or a finalized one (a quorum executed it); any other
+    /// payload's transactions are decoded and their senders recovered again here, since the
+    /// encoding carries the sender the proposer claims.
     fn execute_records(
         &mut self,
         base: Point,
         mut diffs: Vec<Arc<StateDiff>>,
         block: &Block,
+        trusted: bool,
     ) -> Result<Spec, Invalid> {
-        let records = decode_payload(block.payload())?;
+        let mut records = decode_payload(block.payload())?;
+        if !trusted {
+            for record in &mut records {
+                if let LogRecord::MiniBlock(m) = record {
+                    m.transactions = recover_all(&m.transactions, &self.chain.exec)?;
+                }
+            }
+        }
         let own_from = diffs.len();
         let mut point = base;
         let mut steps = Vec::new();
         let mut parts = Vec::new();
-        let now = now_us();
+        // A finalized block is what it is: clock checks guard only what we vote on.
+        let now = if trusted { u64::MAX / 2 } else { now_us() };
         for record in records {
             match record {
                 LogRecord::MiniBlock(m) => {
@@ -826,6 +1054,12 @@ impl Sequencer {
                     }
                     if m.timestamp_us > now + MAX_CLOCK_AHEAD_US {
                         return Err(Invalid("timestamp too far in the future".into()));
+                    }
+                    if point.open.is_none() && !trusted && !self.may_open_block(&point) {
+                        return Err(Invalid(
+                            "mini-block opens an EVM block on a parent block not committed yet"
+                                .into(),
+                        ));
                     }
                     let open = match point.open {
                         Some(o) if o.ctx == m.block && m.timestamp_us >= o.opened_at_us => o,
@@ -936,6 +1170,21 @@ impl Sequencer {
         })
     }
 
+    /// Puts the transactions of records we did not propose back at the front of the queue.
+    fn requeue(&mut self, records: Vec<LogRecord>) {
+        for tx in records_txs(&records).into_iter().rev() {
+            self.ready.push_front(Submission { tx, reply: None });
+        }
+    }
+
+    /// Whether a mini-block may open the EVM block after `point`'s last closed one: only when
+    /// that block is committed here, so that BLOCKHASH of it reads its real hash on every
+    /// validator and in every later re-execution (a block sealed only in an unfinalized
+    /// ancestor has no hash yet). Replicas apply the same rule to proposals.
+    fn may_open_block(&self, point: &Point) -> bool {
+        point.closed_parent.number <= self.chain.state.read().closed_head
+    }
+
     /// As leader: once the parent's state is known and transactions wait (or the idle wait is
     /// over), builds the payload from the ready queue and proposes it. Returns whether it did.
     fn propose_if_due(&mut self, rep: &mut Replica) -> Result<bool, NodeError> {
@@ -966,14 +1215,16 @@ impl Sequencer {
             B256::ZERO,
             payload.clone(),
         );
-        let mut spec = match self.execute_records(base, diffs, &stub) {
+        let mut spec = match self.execute_records(base, diffs, &stub, true) {
             Ok(spec) => spec,
             Err(Invalid(why)) => {
                 tracing::error!("our own proposal does not execute: {why}");
+                self.requeue(records);
                 return Ok(false);
             }
         };
         let commitment = spec.point.commitment;
+        let own_txs: Vec<RecoveredTx> = records_txs(&records);
         let block = Block::new(
             request.view,
             request.parent_view,
@@ -993,6 +1244,9 @@ impl Sequencer {
             rep.sync_blocks,
         )?;
         rep.first_seen.insert(digest, started);
+        if !own_txs.is_empty() {
+            rep.own.insert(digest, (request.height, own_txs));
+        }
         self.step(
             rep,
             Event::ProposalReady {
@@ -1020,7 +1274,10 @@ impl Sequencer {
         let mut point = base;
         let mut batch: Vec<RecoveredTx> = Vec::new();
         let mut bytes = 0;
-        while batch.len() < max_txs {
+        // A new EVM block may open only on a parent block this node has committed (see
+        // `may_open_block`); until then the proposal carries no transactions.
+        let may_open = point.open.is_some() || self.may_open_block(&point);
+        while may_open && batch.len() < max_txs {
             let Some(s) = self.ready.pop_front() else {
                 break;
             };
@@ -1031,12 +1288,18 @@ impl Sequencer {
                 break;
             }
             bytes += size;
+            if let Some(reply) = s.reply {
+                // A queued future-nonce transaction whose gap filled: its waiter moves back.
+                rep.waiting.insert(s.tx.hash, Waiter { reply });
+            }
             batch.push(s.tx);
         }
         if !batch.is_empty() {
+            // Never before the parent block's second: replicas refuse a block that goes back.
+            let opened_at = now.max(point.closed_parent.timestamp * 1_000_000);
             let open = point.open.unwrap_or_else(|| OpenPoint {
-                ctx: next_block_context(&self.chain.exec, &point.closed_parent, now),
-                opened_at_us: now,
+                ctx: next_block_context(&self.chain.exec, &point.closed_parent, opened_at),
+                opened_at_us: opened_at,
                 gas_used: 0,
                 logs: 0,
             });
@@ -1060,7 +1323,27 @@ impl Sequencer {
                                 receipts.push(receipt);
                             }
                             TxOutcome::Rejected { tx, error } => {
-                                let reply = rep.waiting.remove(&tx.hash);
+                                // Nonce too low here means a transaction with this nonce is
+                                // already in the chain or an unfinalized ancestor (this one,
+                                // gossiped to several leaders, or a replacement): its waiter is
+                                // answered when that block is finalized (`answer_replaced`).
+                                let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
+                                let taken_in_committed = || {
+                                    rtchain_exec::StateReader::account(
+                                        &self.chain.latest_state(),
+                                        tx.sender,
+                                    )
+                                    .ok()
+                                    .flatten()
+                                    .is_some_and(|a| a.nonce > nonce)
+                                };
+                                let reply = if matches!(error, TxError::NonceTooLow { .. })
+                                    && !taken_in_committed()
+                                {
+                                    None
+                                } else {
+                                    take_waiter(rep, &tx.hash, tx.sender, nonce)
+                                };
                                 self.reject_or_queue(tx, error, reply);
                             }
                             TxOutcome::Deferred { tx } => {
@@ -1146,7 +1429,7 @@ impl Sequencer {
         let mut req = vec![KIND_SYNC_REQUEST];
         req.extend_from_slice(&from.to_be_bytes());
         req.extend_from_slice(&(SYNC_BLOCKS_MAX as u16).to_be_bytes());
-        rep.transport.send(vec![peer], req);
+        rep.transport.send(&[peer], &req);
         rep.catch_up.inflight = Some((peer, from, now));
         tracing::info!(
             "behind: delivered height {tip}, finalized height known {known}; fetching from validator {peer}"
@@ -1159,6 +1442,18 @@ impl Sequencer {
         if req.len() != 10 {
             return Ok(());
         }
+        // One answer per peer per interval: a replayed request (the tag has no freshness) must
+        // not make us send megabytes on repeat.
+        let now = Instant::now();
+        let last = rep
+            .catch_up
+            .served
+            .entry(from)
+            .or_insert(now - SYNC_SERVE_INTERVAL);
+        if now.duration_since(*last) < SYNC_SERVE_INTERVAL {
+            return Ok(());
+        }
+        *last = now;
         let start = u64::from_be_bytes(req[..8].try_into().expect("8"));
         let max = u64::from(u16::from_be_bytes([req[8], req[9]])).min(SYNC_BLOCKS_MAX);
         let mut entries: Vec<Vec<u8>> = Vec::new();
@@ -1169,7 +1464,8 @@ impl Sequencer {
                 break;
             };
             bytes += entry.len();
-            if bytes > SYNC_BYTES_MAX {
+            // Always at least one block, however large: a big block must not stop catch-up.
+            if bytes > SYNC_BYTES_MAX && !entries.is_empty() {
                 break;
             }
             if decode_final(&entry).is_some_and(|(_, cert)| cert.is_some()) {
@@ -1187,7 +1483,7 @@ impl Sequencer {
             resp.extend_from_slice(&(e.len() as u32).to_be_bytes());
             resp.extend_from_slice(e);
         }
-        rep.transport.send(vec![from], resp);
+        rep.transport.send(&[from], &resp);
         Ok(())
     }
 
@@ -1204,14 +1500,12 @@ impl Sequencer {
             return Ok(());
         };
         let mut parent = rep.tip.digest;
-        let mut height = rep.tip.height;
-        for (block, _) in &blocks {
-            if block.parent() != parent || block.height() != height + 1 {
+        for (height, (block, _)) in (rep.tip.height + 1..).zip(&blocks) {
+            if block.parent() != parent || block.height() != height {
                 tracing::warn!("validator {from}: sync response does not extend our chain");
                 return Ok(());
             }
             parent = block.digest();
-            height += 1;
         }
         let Some((last, Some(cert))) = blocks.last() else {
             return Ok(());
@@ -1246,9 +1540,17 @@ impl Sequencer {
             "caught up {count} finalized blocks from validator {from}; now at height {}",
             rep.tip.height
         );
-        // The engine cannot be moved forward from outside: build it again on the new tip.
-        // Everything the old log holds was written through the same file (a second handle
-        // reads it all), so the replay sees every vote we cast.
+        self.rebuild_engine(rep, Some(cert))
+    }
+
+    /// The engine cannot be moved forward from outside: builds it again on the current tip.
+    /// Everything the old log holds was written through the same file (a second handle reads it
+    /// all), so the replay sees every vote we cast.
+    fn rebuild_engine(
+        &mut self,
+        rep: &mut Replica,
+        cert: Option<rtchain_consensus::Certificate>,
+    ) -> Result<(), NodeError> {
         let (engine, votelog) = build_engine(
             &self.chain.store,
             &rep.engine_config,
@@ -1256,7 +1558,7 @@ impl Sequencer {
             &rep.votelog_path,
             rep.log_config,
             rep.tip,
-            Some(cert),
+            cert,
         )?;
         rep.engine = engine;
         rep.votelog = votelog;
@@ -1309,14 +1611,14 @@ impl Sequencer {
                     encode_payload(&fresh),
                 );
                 let base = self.tip_point(rep);
-                let mut spec =
-                    self.execute_records(base, Vec::new(), &stub)
-                        .map_err(|Invalid(why)| {
-                            NodeError::Recovery(format!(
-                                "finalized block at height {} does not execute here: {why}",
-                                block.height()
-                            ))
-                        })?;
+                let mut spec = self
+                    .execute_records(base, Vec::new(), &stub, true)
+                    .map_err(|Invalid(why)| {
+                        NodeError::Recovery(format!(
+                            "finalized block at height {} does not execute here: {why}",
+                            block.height()
+                        ))
+                    })?;
                 if partly {
                     // Its first records were committed before a crash: the commitment of the
                     // whole block is the finalized one.
@@ -1334,7 +1636,7 @@ impl Sequencer {
             )));
         }
         let mut txs_finalized = 0;
-        let mut waiting = std::mem::take(&mut rep.waiting);
+        let mut included_nonces: Vec<(Address, u64, B256)> = Vec::new();
         for step in spec.steps {
             match step {
                 Step::Mini {
@@ -1349,6 +1651,14 @@ impl Sequencer {
                     }
                     self.make_log_room_for(&record)?;
                     txs_finalized += record.transactions.len() as u64;
+                    let mut replies: HashMap<B256, Reply> = HashMap::new();
+                    for tx in &record.transactions {
+                        let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
+                        included_nonces.push((tx.sender, nonce, tx.hash));
+                        if let Some(w) = rep.waiting.remove(&tx.hash) {
+                            replies.insert(tx.hash, w.reply);
+                        }
+                    }
                     let included = record.transactions.iter().cloned().zip(receipts).collect();
                     let diff = Arc::try_unwrap(diff).unwrap_or_else(|d| (*d).clone());
                     self.commit_mini_block(
@@ -1357,7 +1667,7 @@ impl Sequencer {
                         (gas_used, logs),
                         Some((record.number, record.timestamp_us, record.receipts_root)),
                         true,
-                        &mut waiting,
+                        &mut replies,
                     )?;
                 }
                 Step::Seal {
@@ -1373,7 +1683,7 @@ impl Sequencer {
                 }
             }
         }
-        rep.waiting = waiting;
+        self.answer_replaced(rep, &included_nonces);
         let height = block.height();
         rep.tip = Tip {
             view: block.view(),
@@ -1399,6 +1709,23 @@ impl Sequencer {
             }
         }
         rep.spec.retain(|_, s| s.height > height);
+        // Our proposals at this height or below that did not make it: their transactions go
+        // back to the queue (if another block took them, their nonces now refuse them).
+        let abandoned: Vec<Digest> = rep
+            .own
+            .iter()
+            .filter(|(_, (h, _))| *h <= height)
+            .map(|(d, _)| *d)
+            .collect();
+        for d in abandoned {
+            if let Some((_, txs)) = rep.own.remove(&d)
+                && d != digest
+            {
+                for tx in txs.into_iter().rev() {
+                    self.ready.push_front(Submission { tx, reply: None });
+                }
+            }
+        }
         rep.to_verify.retain(|b| b.height() > height);
         let latency = rep.first_seen.remove(&digest).map(|t| t.elapsed());
         rep.first_seen
@@ -1485,6 +1812,28 @@ fn decode_final(bytes: &[u8]) -> Option<(Block, Option<rtchain_consensus::Certif
         }
     };
     Some((*block, cert))
+}
+
+/// Removes a waiter (and its nonce index entry); its reply, if someone waited.
+fn take_waiter(rep: &mut Replica, hash: &B256, sender: Address, nonce: u64) -> Option<Reply> {
+    let waiter = rep.waiting.remove(hash)?;
+    if let Some(hashes) = rep.waiting_by_nonce.get_mut(&(sender, nonce)) {
+        hashes.retain(|h| h != hash);
+        if hashes.is_empty() {
+            rep.waiting_by_nonce.remove(&(sender, nonce));
+        }
+    }
+    Some(waiter.reply)
+}
+
+fn records_txs(records: &[LogRecord]) -> Vec<RecoveredTx> {
+    records
+        .iter()
+        .flat_map(|r| match r {
+            LogRecord::MiniBlock(m) => m.transactions.clone(),
+            LogRecord::Seal { .. } => Vec::new(),
+        })
+        .collect()
 }
 
 fn mini_header(m: &MiniBlockRecord, parent_hash: B256, gas_used: u64) -> MiniBlockHeader {
