@@ -15,6 +15,8 @@ use crate::config::{ConsensusSync, NodeConfig, ValidatorEntry};
 pub struct ClusterSpec {
     pub dir: PathBuf,
     pub validators: usize,
+    /// Non-voting full nodes following the validators.
+    pub followers: usize,
     pub chain_id: u64,
     pub genesis: Option<PathBuf>,
     pub block_interval_ms: u64,
@@ -70,9 +72,17 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
             spec.validators
         ));
     }
+    let total = spec.validators + spec.followers;
+    let dir_of = |i: usize| {
+        if i < spec.validators {
+            spec.dir.join(format!("v{i}"))
+        } else {
+            spec.dir.join(format!("f{}", i - spec.validators))
+        }
+    };
     let mut keys = Vec::new();
-    for i in 0..spec.validators {
-        let dir = spec.dir.join(format!("v{i}"));
+    for i in 0..total {
+        let dir = dir_of(i);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let key_path = dir.join("validator.key");
         let key = if key_path.exists() {
@@ -85,7 +95,12 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
     let consensus_base = if spec.rpc_base_port == 0 {
         0
     } else {
-        spec.rpc_base_port + 4
+        spec.rpc_base_port.checked_add(4).ok_or_else(|| {
+            format!(
+                "--rpc-addr port {} is too high for a cluster",
+                spec.rpc_base_port
+            )
+        })?
     };
     let mut held = Held::default();
     let mut entries = Vec::new();
@@ -99,8 +114,9 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
         });
     }
     let mut out = Vec::new();
+    let (validators, followers) = entries.split_at(spec.validators);
     for (i, (key_path, _)) in keys.into_iter().enumerate() {
-        let dir = spec.dir.join(format!("v{i}"));
+        let dir = dir_of(i);
         let mut config = NodeConfig {
             data_dir: dir.join("data"),
             ..NodeConfig::default()
@@ -129,7 +145,8 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
         if spec.sync == ConsensusSync::Off {
             config.storage.minilog_sync = rtchain_state::minilog::SyncMode::Off;
         }
-        config.consensus.validators = entries.clone();
+        config.consensus.validators = validators.to_vec();
+        config.consensus.followers = followers.to_vec();
         config.consensus.key_file = Some(key_path);
         config.consensus.sync = spec.sync;
         config.validate()?;
@@ -256,19 +273,32 @@ pub fn cluster_dir(dir: Option<PathBuf>) -> Result<(PathBuf, Option<tempfile::Te
     }
 }
 
-/// Prints where each validator serves.
+/// Prints where each validator and follower serves.
 pub fn print_validators(validators: &[Validator]) {
     for v in validators {
+        let n = v.config.consensus.validators.len();
+        let (role, number) = if v.index < n {
+            ("Validator", v.index)
+        } else {
+            ("Follower", v.index - n)
+        };
+        let consensus = v
+            .config
+            .consensus
+            .validators
+            .iter()
+            .chain(&v.config.consensus.followers)
+            .nth(v.index)
+            .map(|e| e.addr.to_string())
+            .unwrap_or_default();
         let fast = if v.config.fastpath.enabled {
             format!("  fast path: udp://{}", v.config.fastpath.listen)
         } else {
             String::new()
         };
         println!(
-            "Validator {}: RPC: http://{}{fast}  consensus: udp://{}  pid {}  log {}",
-            v.index,
+            "{role} {number}: RPC: http://{}{fast}  consensus: udp://{consensus}  pid {}  log {}",
             v.config.rpc.addr,
-            v.config.consensus.validators[v.index].addr,
             v.child.as_ref().map_or(0, |c| c.id()),
             v.log_path.display()
         );

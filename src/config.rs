@@ -36,6 +36,10 @@ pub struct ConsensusSection {
     /// Every validator, in index order (the same list on every validator). Empty: no
     /// replication, this node sequences and finalizes alone.
     pub validators: Vec<ValidatorEntry>,
+    /// Non-voting full nodes, by key and address: they take finalized blocks from the
+    /// validators, verify and re-execute them, and serve RPC. A node whose key is listed here
+    /// runs as a follower. The same list on every node.
+    pub followers: Vec<ValidatorEntry>,
     /// Our ed25519 key (`rtchain keys generate`); its public key must be in `validators`.
     pub key_file: Option<PathBuf>,
     /// Where we receive consensus datagrams (our entry's `addr` is where peers send them).
@@ -76,6 +80,7 @@ impl Default for ConsensusSection {
     fn default() -> Self {
         Self {
             validators: Vec::new(),
+            followers: Vec::new(),
             key_file: None,
             listen: None,
             backend: BackendKind::Socket,

@@ -130,6 +130,10 @@ struct DevnetArgs {
     /// go to DATA_DIR/v{i}/.
     #[arg(long, default_value_t = 1)]
     validators: usize,
+    /// With --validators: also run this many followers (non-voting full nodes that verify and
+    /// re-execute the finalized blocks and serve RPC), after the validators' ports.
+    #[arg(long, default_value_t = 0)]
+    followers: usize,
 }
 
 fn main() -> ExitCode {
@@ -295,6 +299,7 @@ async fn devnet_cluster(args: DevnetArgs) -> Result<(), String> {
     let spec = cluster::ClusterSpec {
         dir: dir.clone(),
         validators: args.validators,
+        followers: args.followers,
         chain_id: args.chain_id,
         genesis: args.genesis.clone(),
         block_interval_ms: args.block_interval_ms,
@@ -310,9 +315,10 @@ async fn devnet_cluster(args: DevnetArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())??;
     println!(
-        "rtchain {} cluster of {} validators in {}",
+        "rtchain {} cluster of {} validators and {} followers in {}",
         env!("CARGO_PKG_VERSION"),
-        validators.len(),
+        args.validators,
+        args.followers,
         dir.display()
     );
     cluster::print_validators(&validators);

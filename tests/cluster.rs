@@ -1,7 +1,8 @@
-//! A 4-validator cluster of real processes on loopback: `rtchain devnet --validators 4` starts
-//! and stops it; then the same validators run as `rtchain node --config` processes through a
-//! leader crash, a paused validator and a restart of the whole cluster. Every receipt a client
-//! got must stay valid, and every validator must hold the same blocks.
+//! A 4-validator cluster (plus one follower) of real processes on loopback:
+//! `rtchain devnet --validators 4 --followers 1` starts and stops it; then the same nodes run as
+//! `rtchain node --config` processes through a leader crash, a paused validator, a restart of
+//! the whole cluster and a validator resyncing from genesis. Every receipt a client got must
+//! stay valid, and every node (the follower included) must hold the same blocks.
 
 mod common;
 
@@ -29,6 +30,8 @@ fn devnet_cluster(dir: &Path) -> Vec<Member> {
             "devnet",
             "--validators",
             "4",
+            "--followers",
+            "1",
             "--no-fastpath",
             "--rpc-addr",
             "127.0.0.1:0",
@@ -43,12 +46,16 @@ fn devnet_cluster(dir: &Path) -> Vec<Member> {
     let stdout = child.stdout.take().expect("stdout");
     let mut urls = Vec::new();
     let mut lines = BufReader::new(stdout).lines();
-    while urls.len() < 4 {
+    while urls.len() < 5 {
         let line = lines
             .next()
             .expect("devnet printed its validators")
             .expect("read devnet output");
-        if let Some(rest) = line.strip_prefix(&format!("Validator {}: RPC: ", urls.len())) {
+        let prefix = match urls.len() {
+            4 => "Follower 0: RPC: ".to_string(),
+            i => format!("Validator {i}: RPC: "),
+        };
+        if let Some(rest) = line.strip_prefix(&prefix) {
             urls.push(rest.split_whitespace().next().unwrap().to_owned());
         }
     }
@@ -86,10 +93,14 @@ fn devnet_cluster(dir: &Path) -> Vec<Member> {
         status.success(),
         "devnet --validators 4 exited with {status}"
     );
-    (0..4)
+    (0..5)
         .map(|i| Member {
-            config: dir.join(format!("v{i}/node.toml")),
-            data: dir.join(format!("v{i}/data")),
+            config: dir
+                .join(if i < 4 { format!("v{i}") } else { "f0".into() })
+                .join("node.toml"),
+            data: dir
+                .join(if i < 4 { format!("v{i}") } else { "f0".into() })
+                .join("data"),
             port: urls[i].rsplit(':').next().unwrap().parse().unwrap(),
         })
         .collect()
@@ -97,6 +108,15 @@ fn devnet_cluster(dir: &Path) -> Vec<Member> {
 
 async fn stats(rpc: &Rpc) -> serde_json::Value {
     rpc.ok("rtchain_nodeStats", serde_json::json!([])).await["consensus"].clone()
+}
+
+/// Waits until `node` has finalized as far as `reference` had when called.
+async fn catch_up(node: &Rpc, reference: &Rpc, what: &str, seconds: u64) {
+    let target = finalized_height(reference).await;
+    wait_for(what, Duration::from_secs(seconds), || async {
+        (finalized_height(node).await >= target).then_some(())
+    })
+    .await;
 }
 
 async fn finalized_height(rpc: &Rpc) -> u64 {
@@ -164,13 +184,7 @@ async fn four_validators_finalize_through_a_leader_crash_a_pause_and_a_full_rest
     }
     // It comes back and catches up.
     nodes[0] = start(&members[0]);
-    let target = finalized_height(&rpcs[1]).await;
-    wait_for(
-        "validator 0 to catch up",
-        Duration::from_secs(30),
-        || async { (finalized_height(&rpcs[0]).await >= target).then_some(()) },
-    )
-    .await;
+    catch_up(&rpcs[0], &rpcs[1], "validator 0 to catch up", 30).await;
 
     // SIGSTOP validator 3 for a while: the other three go on; it catches up after SIGCONT.
     nodes[3].signal(libc::SIGSTOP);
@@ -219,13 +233,7 @@ async fn four_validators_finalize_through_a_leader_crash_a_pause_and_a_full_rest
         }
     }
     nodes[0] = start(&members[0]);
-    let target = finalized_height(&rpcs[1]).await;
-    wait_for(
-        "validator 0 to sync from genesis",
-        Duration::from_secs(60),
-        || async { (finalized_height(&rpcs[0]).await >= target).then_some(()) },
-    )
-    .await;
+    catch_up(&rpcs[0], &rpcs[1], "validator 0 to sync from genesis", 60).await;
     assert!(stats(&rpcs[0]).await["syncRounds"].as_u64().unwrap() > 0);
     for r in &receipts {
         let seen = rpcs[0]
@@ -234,7 +242,12 @@ async fn four_validators_finalize_through_a_leader_crash_a_pause_and_a_full_rest
         assert_eq!(seen.block_number, r.block_number);
     }
 
-    // Every validator holds the same blocks: same EVM block hashes everywhere.
+    // The follower kept up without voting.
+    let follower = stats(&rpcs[4]).await;
+    assert_eq!(follower["role"], "follower", "{follower}");
+    catch_up(&rpcs[4], &rpcs[1], "the follower to keep up", 30).await;
+
+    // Every node holds the same blocks: same EVM block hashes everywhere.
     let head = rpcs[0].block_number().await.unwrap();
     for n in 1..=head.min(50) {
         let hashes: Vec<serde_json::Value> =

@@ -93,6 +93,7 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
     let spec = cluster::ClusterSpec {
         dir,
         validators: args.validators,
+        followers: 0,
         chain_id: 31337,
         genesis: None,
         block_interval_ms: 100,

@@ -124,6 +124,7 @@ pub struct ConsensusStats {
 
 struct StatsInner {
     me: usize,
+    follower: bool,
     validators: usize,
     sync: &'static str,
     view: u64,
@@ -150,7 +151,8 @@ impl ConsensusStats {
                 t.map_or(0, |t| f(t).load(Relaxed))
             };
         serde_json::json!({
-            "validator": s.me,
+            "role": if s.follower { "follower" } else { "validator" },
+            "index": s.me,
             "validators": s.validators,
             "syncMode": s.sync,
             "view": s.view,
@@ -194,8 +196,10 @@ struct Invalid(String);
 
 /// The replication state owned by the sequencer thread.
 pub struct Replica {
-    engine: Engine,
-    votelog: VoteLog<FileStorage>,
+    /// `None` on a follower: it votes on nothing and takes finalized blocks from peers.
+    engine: Option<Engine>,
+    votelog: Option<VoteLog<FileStorage>>,
+    me: u16,
     transport: Transport,
     n: usize,
     timer: Option<(View, Instant)>,
@@ -233,8 +237,10 @@ struct CatchUp {
     /// When the tip last moved, and where it was.
     tip_seen: Option<(Height, Instant)>,
     next_peer: u16,
-    /// When we last answered each peer's request.
+    /// When we last answered each peer's request with a large answer.
     served: HashMap<u16, Instant>,
+    /// A follower's last request.
+    last_poll: Option<Instant>,
 }
 
 /// First byte of every transport message: what it is for.
@@ -248,8 +254,14 @@ const GOSSIP_BYTES_MAX: usize = 256 << 10;
 /// Finalized blocks per sync response, and their bytes.
 const SYNC_BLOCKS_MAX: u64 = 256;
 const SYNC_BYTES_MAX: usize = 1 << 20;
-/// At most one sync answer per peer this often.
+/// A follower asks this often while it is up to date...
+const FOLLOW_POLL: Duration = Duration::from_millis(5);
+/// ...and moves to the next validator when an answer takes this long.
+const FOLLOW_TIMEOUT: Duration = Duration::from_millis(300);
+/// At most one large sync answer per peer this often.
 const SYNC_SERVE_INTERVAL: Duration = Duration::from_millis(100);
+/// Answers up to this size are not rate-limited.
+const SYNC_SMALL_BYTES: usize = 64 << 10;
 /// A sync request unanswered this long goes to the next peer.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// The tip must be stuck this long behind a known finalized height before we fetch.
@@ -328,7 +340,7 @@ fn parse_sync_response(
         out.push(decode_final(entry)?);
         rest = &rest[4 + len..];
     }
-    (rest.is_empty() && !out.is_empty()).then_some(out)
+    rest.is_empty().then_some(out)
 }
 
 /// The payload: log records, each as u32 length and bytes.
@@ -416,35 +428,45 @@ impl Replica {
             .ok_or_else(|| bad("consensus.key_file is required".into()))?;
         let key =
             crate::keys::load(key_file).map_err(|e| bad(format!("consensus.key_file: {e}")))?;
-        let mut keys = Vec::with_capacity(c.validators.len());
-        for (i, v) in c.validators.iter().enumerate() {
+        // Peers by index: validators first, then followers.
+        let mut keys = Vec::with_capacity(c.validators.len() + c.followers.len());
+        let listed = c
+            .validators
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("consensus.validators[{i}]"), v))
+            .chain(
+                c.followers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("consensus.followers[{i}]"), v)),
+            );
+        for (name, v) in listed {
             let bytes: [u8; 32] = hex::decode(v.key.trim_start_matches("0x"))
                 .ok()
                 .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| {
-                    bad(format!(
-                        "consensus.validators[{i}].key: expected 64 hex digits"
-                    ))
-                })?;
+                .ok_or_else(|| bad(format!("{name}.key: expected 64 hex digits")))?;
             keys.push(
-                ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| {
-                    bad(format!(
-                        "consensus.validators[{i}].key: not an ed25519 public key"
-                    ))
-                })?,
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|_| bad(format!("{name}.key: not an ed25519 public key")))?,
             );
         }
+        let n = c.validators.len();
         let namespace = format!("rtchain/chain/{}", chain.exec.chain_id);
         let key_for_engine = key.clone();
-        let validators = Validators::new(keys.clone(), namespace.as_bytes())
+        let validators = Validators::new(keys[..n].to_vec(), namespace.as_bytes())
             .map_err(|e| bad(format!("consensus.validators: {e}")))?;
-        let me = validators.index_of(&key.verifying_key()).ok_or_else(|| {
-            bad(format!(
-                "consensus.key_file {}: its public key {} is not in consensus.validators",
-                key_file.display(),
-                crate::keys::public_hex(&key)
-            ))
-        })?;
+        let me = keys
+            .iter()
+            .position(|k| *k == key.verifying_key())
+            .ok_or_else(|| {
+                bad(format!(
+                    "consensus.key_file {}: its public key {} is in neither consensus.validators nor consensus.followers",
+                    key_file.display(),
+                    crate::keys::public_hex(&key)
+                ))
+            })? as u16;
+        let follower = me as usize >= n;
         let genesis_header = chain
             .store
             .header(0)?
@@ -481,19 +503,25 @@ impl Replica {
                 .ok_or_else(|| NodeError::Recovery("consensus anchor is malformed".into()))?,
             None => genesis_tip,
         };
-        let (engine, votelog) = build_engine(
-            &chain.store,
-            &engine_config,
-            &key,
-            &votelog_path,
-            log_config,
-            tip,
-            None,
-        )?;
+        // A follower signs nothing: no engine, no vote log.
+        let (engine, votelog) = if follower {
+            (None, None)
+        } else {
+            let (engine, votelog) = build_engine(
+                &chain.store,
+                &engine_config,
+                &key,
+                &votelog_path,
+                log_config,
+                tip,
+                None,
+            )?;
+            (Some(engine), Some(votelog))
+        };
 
         let mut peer_addrs = Vec::new();
         let mut link_keys = Vec::new();
-        for (i, v) in c.validators.iter().enumerate() {
+        for (i, v) in c.validators.iter().chain(&c.followers).enumerate() {
             peer_addrs.push(v.addr);
             link_keys.push(if i == me as usize {
                 [0; 32]
@@ -501,7 +529,7 @@ impl Replica {
                 link_key(&key, &keys[i], namespace.as_bytes())
             });
         }
-        let listen = c.listen.unwrap_or(c.validators[me as usize].addr);
+        let listen = c.listen.unwrap_or(peer_addrs[me as usize]);
         let port_config = rtchain_dataplane::PortConfig {
             backend: match c.backend {
                 crate::config::BackendKind::IoUring => rtchain_dataplane::Backend::IoUring,
@@ -513,7 +541,7 @@ impl Replica {
             sqpoll: false,
             dpdk: Default::default(),
         };
-        let framer = Framer::new(me as u16, link_keys);
+        let framer = Framer::new(me, link_keys);
         let transport =
             Transport::open(&port_config, framer, peer_addrs).map_err(NodeError::Config)?;
         // A submission wakes the sequencer out of its wait on the consensus port.
@@ -522,6 +550,7 @@ impl Replica {
         let stats = Arc::new(ConsensusStats {
             inner: Mutex::new(StatsInner {
                 me: me as usize,
+                follower,
                 validators: c.validators.len(),
                 sync: match c.sync {
                     ConsensusSync::Always => "always",
@@ -550,6 +579,7 @@ impl Replica {
         Ok(Self {
             engine,
             votelog,
+            me,
             transport,
             n: c.validators.len(),
             timer: None,
@@ -577,9 +607,11 @@ impl Replica {
 impl Replica {
     /// Every validator but us.
     fn others(&self) -> Vec<u16> {
-        (0..self.n as u16)
-            .filter(|&i| i != self.engine.me())
-            .collect()
+        (0..self.n as u16).filter(|&i| i != self.me).collect()
+    }
+
+    fn is_follower(&self) -> bool {
+        self.engine.is_none()
     }
 }
 
@@ -624,9 +656,9 @@ impl Sequencer {
     pub(super) fn run_replicated(&mut self, mut rep: Replica) -> Result<(), NodeError> {
         if self.finish_interrupted_deliveries(&mut rep)? {
             self.rebuild_engine(&mut rep, None)?;
-        } else {
+        } else if let Some(engine) = &mut rep.engine {
             let mut out = Vec::new();
-            rep.engine.start(&mut out);
+            engine.start(&mut out);
             self.perform(&mut rep, out)?;
         }
         let mut inbox = Vec::new();
@@ -686,10 +718,12 @@ impl Sequencer {
                 .push(s.tx.hash);
         }
         rep.gossip_out.push(s.tx.raw.clone());
-        self.ready.push_back(Submission {
-            tx: s.tx,
-            reply: None,
-        });
+        if !rep.is_follower() {
+            self.ready.push_back(Submission {
+                tx: s.tx,
+                reply: None,
+            });
+        }
     }
 
     /// Sends the transactions accepted since the last call to every other validator.
@@ -799,8 +833,12 @@ impl Sequencer {
     ) -> Result<(), NodeError> {
         match bytes.split_first() {
             Some((&KIND_ENGINE, msg)) => {
+                // Only validators speak consensus; a follower listens to none of it.
+                let Some(engine) = rep.engine.as_mut().filter(|_| (from as usize) < rep.n) else {
+                    return Ok(());
+                };
                 let mut out = Vec::new();
-                rep.engine.handle_bytes(from, msg, &mut out);
+                engine.handle_bytes(from, msg, &mut out);
                 self.perform(rep, out)
             }
             Some((&KIND_SYNC_REQUEST, req)) => {
@@ -809,7 +847,9 @@ impl Sequencer {
             }
             Some((&KIND_SYNC_RESPONSE, resp)) => self.apply_sync(rep, from, resp),
             Some((&KIND_TXS, txs)) => {
-                self.accept_gossip(txs);
+                if !rep.is_follower() {
+                    self.accept_gossip(txs);
+                }
                 Ok(())
             }
             _ => Ok(()),
@@ -817,8 +857,11 @@ impl Sequencer {
     }
 
     fn step(&mut self, rep: &mut Replica, event: Event) -> Result<(), NodeError> {
+        let Some(engine) = &mut rep.engine else {
+            return Ok(());
+        };
         let mut out = Vec::new();
-        rep.engine.handle(event, &mut out);
+        engine.handle(event, &mut out);
         self.perform(rep, out)
     }
 
@@ -828,6 +871,8 @@ impl Sequencer {
         for e in &effects {
             if let Effect::Persist(record) = e {
                 rep.votelog
+                    .as_mut()
+                    .expect("a validator has a vote log")
                     .append(record)
                     .map_err(|e| NodeError::Recovery(format!("vote log: {e}")))?;
                 persisted = true;
@@ -835,6 +880,8 @@ impl Sequencer {
         }
         if persisted {
             rep.votelog
+                .as_mut()
+                .expect("a validator has a vote log")
                 .sync()
                 .map_err(|e| NodeError::Recovery(format!("vote log: {e}")))?;
         }
@@ -878,8 +925,10 @@ impl Sequencer {
         }
         {
             let mut s = rep.stats.inner.lock();
-            s.view = rep.engine.view();
-            s.engine = rep.engine.stats().clone();
+            if let Some(engine) = &rep.engine {
+                s.view = engine.view();
+                s.engine = engine.stats().clone();
+            }
         }
         Ok(())
     }
@@ -1191,7 +1240,7 @@ impl Sequencer {
         let Some(request) = rep.proposing else {
             return Ok(false);
         };
-        if request.view < rep.engine.view() {
+        if rep.engine.as_ref().is_none_or(|e| request.view < e.view()) {
             rep.proposing = None;
             return Ok(false);
         }
@@ -1398,7 +1447,10 @@ impl Sequencer {
     /// while), asks a peer for the finalized blocks after our tip.
     fn request_sync_if_behind(&mut self, rep: &mut Replica) {
         let now = Instant::now();
-        let known = rep.engine.finalized().1;
+        let Some(engine) = &rep.engine else {
+            return self.follow(rep);
+        };
+        let known = engine.finalized().1;
         let tip = rep.tip.height;
         match rep.catch_up.tip_seen {
             Some((h, _)) if h == tip => {}
@@ -1419,7 +1471,7 @@ impl Sequencer {
         {
             return;
         }
-        let me = rep.engine.me();
+        let me = rep.me;
         let mut peer = rep.catch_up.next_peer % rep.n as u16;
         if peer == me {
             peer = (peer + 1) % rep.n as u16;
@@ -1436,24 +1488,51 @@ impl Sequencer {
         );
     }
 
+    /// A follower asks the validators in turn for the finalized blocks after its tip, a request
+    /// in flight at a time (an answer with nothing new ends it).
+    fn follow(&mut self, rep: &mut Replica) {
+        let now = Instant::now();
+        if let Some((_, _, sent)) = rep.catch_up.inflight
+            && now.duration_since(sent) < FOLLOW_TIMEOUT
+        {
+            return;
+        }
+        if rep
+            .catch_up
+            .last_poll
+            .is_some_and(|at| now.duration_since(at) < FOLLOW_POLL)
+        {
+            return;
+        }
+        let peer = rep.catch_up.next_peer % rep.n as u16;
+        rep.catch_up.next_peer = peer + 1;
+        let from = rep.tip.height + 1;
+        let mut req = vec![KIND_SYNC_REQUEST];
+        req.extend_from_slice(&from.to_be_bytes());
+        req.extend_from_slice(&(SYNC_BLOCKS_MAX as u16).to_be_bytes());
+        rep.transport.send(&[peer], &req);
+        rep.catch_up.inflight = Some((peer, from, now));
+        rep.catch_up.last_poll = Some(now);
+    }
+
     /// Answers a peer's request with the finalized blocks we keep from its height on, up to the
     /// last one whose finalization certificate we hold (that certificate proves them all).
     fn serve_sync(&mut self, rep: &mut Replica, from: u16, req: &[u8]) -> Result<(), NodeError> {
         if req.len() != 10 {
             return Ok(());
         }
-        // One answer per peer per interval: a replayed request (the tag has no freshness) must
-        // not make us send megabytes on repeat.
+        // One large answer per peer per interval: a replayed request (the tag has no freshness)
+        // must not make us send megabytes on repeat. Small answers (a follower keeping up) are
+        // not limited.
         let now = Instant::now();
-        let last = rep
+        if rep
             .catch_up
             .served
-            .entry(from)
-            .or_insert(now - SYNC_SERVE_INTERVAL);
-        if now.duration_since(*last) < SYNC_SERVE_INTERVAL {
+            .get(&from)
+            .is_some_and(|last| now.duration_since(*last) < SYNC_SERVE_INTERVAL)
+        {
             return Ok(());
         }
-        *last = now;
         let start = u64::from_be_bytes(req[..8].try_into().expect("8"));
         let max = u64::from(u16::from_be_bytes([req[8], req[9]])).min(SYNC_BLOCKS_MAX);
         let mut entries: Vec<Vec<u8>> = Vec::new();
@@ -1474,14 +1553,15 @@ impl Sequencer {
             entries.push(entry);
         }
         entries.truncate(usable);
-        if entries.is_empty() {
-            return Ok(());
-        }
+        // An empty answer too: the asker moves on without waiting for a timeout.
         let mut resp = vec![KIND_SYNC_RESPONSE];
         resp.extend_from_slice(&(entries.len() as u16).to_be_bytes());
         for e in &entries {
             resp.extend_from_slice(&(e.len() as u32).to_be_bytes());
             resp.extend_from_slice(e);
+        }
+        if resp.len() > SYNC_SMALL_BYTES {
+            rep.catch_up.served.insert(from, now);
         }
         rep.transport.send(&[from], &resp);
         Ok(())
@@ -1499,6 +1579,10 @@ impl Sequencer {
             tracing::warn!("validator {from}: malformed sync response");
             return Ok(());
         };
+        if blocks.is_empty() {
+            rep.catch_up.inflight = None;
+            return Ok(());
+        }
         let mut parent = rep.tip.digest;
         for (height, (block, _)) in (rep.tip.height + 1..).zip(&blocks) {
             if block.parent() != parent || block.height() != height {
@@ -1514,8 +1598,7 @@ impl Sequencer {
             matches!(cert.vote, rtchain_consensus::Vote::Finalize(p) if p == last.proposal());
         if !proves
             || rep
-                .engine
-                .config()
+                .engine_config
                 .validators
                 .verify_certificate(cert)
                 .is_err()
@@ -1551,6 +1634,9 @@ impl Sequencer {
         rep: &mut Replica,
         cert: Option<rtchain_consensus::Certificate>,
     ) -> Result<(), NodeError> {
+        if rep.is_follower() {
+            return Ok(());
+        }
         let (engine, votelog) = build_engine(
             &self.chain.store,
             &rep.engine_config,
@@ -1560,14 +1646,13 @@ impl Sequencer {
             rep.tip,
             cert,
         )?;
-        rep.engine = engine;
-        rep.votelog = votelog;
         rep.timer = None;
         rep.proposing = None;
         rep.to_verify.clear();
         rep.spec.clear();
         let mut out = Vec::new();
-        rep.engine.start(&mut out);
+        rep.engine.insert(engine).start(&mut out);
+        rep.votelog = Some(votelog);
         self.perform(rep, out)
     }
 
