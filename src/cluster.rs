@@ -25,11 +25,24 @@ pub struct ClusterSpec {
     pub rpc_base_port: u16,
     /// First fast-path port (validator i gets base + 10 i), 0: free ports; `None`: no fast path.
     pub fastpath_base_port: Option<u16>,
+    /// Each node in its own network namespace on a bridge (needs root): nodes get their own
+    /// addresses and the default ports, and a node can be cut off by taking its link down.
+    pub netns: bool,
+}
+
+/// The running nodes, and their namespaces when `netns` is set (removed after the nodes stop).
+pub struct Cluster {
+    pub nodes: Vec<Validator>,
+    pub net: Option<rtchain_dataplane::rig::BridgeNet>,
 }
 
 /// One validator process.
 pub struct Validator {
     pub index: usize,
+    /// The namespace it runs in (`netns` clusters).
+    pub netns: Option<String>,
+    /// Its link on the bridge (`netns` clusters).
+    pub link: Option<String>,
     pub config_path: PathBuf,
     pub config: NodeConfig,
     pub log_path: PathBuf,
@@ -65,7 +78,7 @@ fn port(base: u16, i: usize, held: &mut Held, udp: bool) -> Result<u16, String> 
 
 /// Writes (or reuses) each validator's key and writes its config. Keys are kept across runs in
 /// `dir/v{i}/validator.key`, so a cluster directory can be restarted.
-pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
+pub fn prepare(spec: &ClusterSpec) -> Result<Cluster, String> {
     if spec.validators < 4 {
         return Err(format!(
             "--validators {}: BFT needs n = 3f+1 >= 4 validators",
@@ -102,15 +115,34 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
             )
         })?
     };
+    let net = if spec.netns {
+        Some(
+            rtchain_dataplane::rig::BridgeNet::create(total)
+                .map_err(|e| format!("--netns: {e} (needs root and iproute2)"))?,
+        )
+    } else {
+        None
+    };
+    // In namespaces every node has its own address: the same (default) ports everywhere.
+    let ip = |i: usize| {
+        net.as_ref()
+            .map_or(Ipv4Addr::LOCALHOST, |net| net.hosts[i].ip)
+    };
+    let base = |b: u16, default: u16| if net.is_some() { (default, 0) } else { (b, 10) };
+    let pick = |b: u16, default: u16, i: usize, held: &mut Held, udp: bool| {
+        let (b, step) = base(b, default);
+        if step == 0 {
+            Ok(b)
+        } else {
+            port(b, i, held, udp)
+        }
+    };
     let mut held = Held::default();
     let mut entries = Vec::new();
     for (i, (_, public)) in keys.iter().enumerate() {
         entries.push(ValidatorEntry {
             key: public.clone(),
-            addr: SocketAddrV4::new(
-                Ipv4Addr::LOCALHOST,
-                port(consensus_base, i, &mut held, true)?,
-            ),
+            addr: SocketAddrV4::new(ip(i), pick(consensus_base, 9100, i, &mut held, true)?),
         });
     }
     let mut out = Vec::new();
@@ -121,10 +153,8 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
             data_dir: dir.join("data"),
             ..NodeConfig::default()
         };
-        config.rpc.addr = SocketAddr::from((
-            Ipv4Addr::LOCALHOST,
-            port(spec.rpc_base_port, i, &mut held, false)?,
-        ));
+        config.rpc.addr =
+            SocketAddr::from((ip(i), pick(spec.rpc_base_port, 8545, i, &mut held, false)?));
         config.chain.chain_id = spec.chain_id;
         config.chain.genesis = spec.genesis.clone();
         config.sequencer.block_interval_ms = spec.block_interval_ms;
@@ -137,7 +167,7 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
         match spec.fastpath_base_port {
             Some(base) => {
                 config.fastpath.listen =
-                    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(base, i, &mut held, true)?);
+                    SocketAddrV4::new(ip(i), pick(base, 8547, i, &mut held, true)?);
                 config.fastpath.verify_tiles = 0;
             }
             None => config.fastpath.enabled = false,
@@ -156,25 +186,27 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
             .map_err(|e| format!("{}: {e}", config_path.display()))?;
         out.push(Validator {
             index: i,
+            netns: net.as_ref().map(|n| n.hosts[i].ns.clone()),
+            link: net.as_ref().map(|n| n.hosts[i].link.clone()),
             config_path,
             log_path: dir.join("node.log"),
             config,
             child: None,
         });
     }
-    Ok(out)
+    Ok(Cluster { nodes: out, net })
 }
 
 /// Prepares the validators, starts them all and waits until each serves RPC.
-pub fn launch(spec: &ClusterSpec) -> Result<Vec<Validator>, String> {
-    let mut validators = prepare(spec)?;
-    for v in &mut validators {
+pub fn launch(spec: &ClusterSpec) -> Result<Cluster, String> {
+    let mut cluster = prepare(spec)?;
+    for v in &mut cluster.nodes {
         v.start()?;
     }
-    for v in &mut validators {
+    for v in &mut cluster.nodes {
         v.wait_ready(Duration::from_secs(60))?;
     }
-    Ok(validators)
+    Ok(cluster)
 }
 
 impl Validator {
@@ -188,7 +220,16 @@ impl Validator {
             .open(&self.log_path)
             .map_err(|e| format!("{}: {e}", self.log_path.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(exe)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                // `ip netns exec` execs the node in place: the child's pid is the node's.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let child = command
             .arg("node")
             .arg("--config")
             .arg(&self.config_path)
@@ -296,8 +337,12 @@ pub fn print_validators(validators: &[Validator]) {
         } else {
             String::new()
         };
+        let netns = match (&v.netns, &v.link) {
+            (Some(ns), Some(link)) => format!("  netns {ns} link {link}"),
+            _ => String::new(),
+        };
         println!(
-            "{role} {number}: RPC: http://{}{fast}  consensus: udp://{consensus}  pid {}  log {}",
+            "{role} {number}: RPC: http://{}{fast}  consensus: udp://{consensus}{netns}  pid {}  log {}",
             v.config.rpc.addr,
             v.child.as_ref().map_or(0, |c| c.id()),
             v.log_path.display()

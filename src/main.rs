@@ -134,6 +134,10 @@ struct DevnetArgs {
     /// re-execute the finalized blocks and serve RPC), after the validators' ports.
     #[arg(long, default_value_t = 0)]
     followers: usize,
+    /// With --validators: run each node in its own network namespace on a bridge (needs root);
+    /// every node gets its own 10.x address and the default ports.
+    #[arg(long)]
+    netns: bool,
 }
 
 fn main() -> ExitCode {
@@ -309,9 +313,10 @@ async fn devnet_cluster(args: DevnetArgs) -> Result<(), String> {
             config::ConsensusSync::Always
         },
         rpc_base_port: args.rpc_addr.port(),
+        netns: args.netns,
         fastpath_base_port: (!args.no_fastpath).then_some(args.fastpath_addr.port()),
     };
-    let mut validators = tokio::task::spawn_blocking(move || cluster::launch(&spec))
+    let mut cluster = tokio::task::spawn_blocking(move || cluster::launch(&spec))
         .await
         .map_err(|e| e.to_string())??;
     println!(
@@ -321,18 +326,24 @@ async fn devnet_cluster(args: DevnetArgs) -> Result<(), String> {
         args.followers,
         dir.display()
     );
-    cluster::print_validators(&validators);
+    if let Some(net) = &cluster.net {
+        println!(
+            "Network: bridge {} ({}/24), one namespace per node",
+            net.bridge, net.bridge_ip
+        );
+    }
+    cluster::print_validators(&cluster.nodes);
     println!("Chain id: {}", args.chain_id);
     if args.genesis.is_none() {
         print_dev_accounts();
     }
     tokio::pin!(shutdown);
-    let mut exited = vec![false; validators.len()];
+    let mut exited = vec![false; cluster.nodes.len()];
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                for v in validators.iter_mut() {
+                for v in cluster.nodes.iter_mut() {
                     if let Some(child) = &mut v.child
                         && let Ok(Some(status)) = child.try_wait()
                         && !exited[v.index]
@@ -346,7 +357,7 @@ async fn devnet_cluster(args: DevnetArgs) -> Result<(), String> {
     }
     println!("shutting down");
     tokio::task::spawn_blocking(move || {
-        for v in &mut validators {
+        for v in &mut cluster.nodes {
             v.stop(Duration::from_secs(10));
         }
     })

@@ -22,12 +22,25 @@ struct Member {
     port: u16,
 }
 
+/// `rtchain devnet ARGS --data-dir DIR`, its output piped.
+fn spawn_devnet(args: &[&str], dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rtchain"))
+        .arg("devnet")
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn rtchain devnet {args:?}: {e}"))
+}
+
 /// Starts `devnet --validators 4` on free ports, submits one transfer through it, stops it with
 /// SIGTERM (which must stop every validator), and returns where each validator's config is.
 fn devnet_cluster(dir: &Path) -> Vec<Member> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rtchain"))
-        .args([
-            "devnet",
+    let mut child = spawn_devnet(
+        &[
             "--validators",
             "4",
             "--followers",
@@ -35,14 +48,9 @@ fn devnet_cluster(dir: &Path) -> Vec<Member> {
             "--no-fastpath",
             "--rpc-addr",
             "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn rtchain devnet --validators 4");
+        ],
+        dir,
+    );
     let stdout = child.stdout.take().expect("stdout");
     let mut urls = Vec::new();
     let mut lines = BufReader::new(stdout).lines();
@@ -273,4 +281,162 @@ async fn four_validators_finalize_through_a_leader_crash_a_pause_and_a_full_rest
         assert_eq!(s["engine"]["finalizedRejected"], 0, "{s}");
     }
     drop(nodes);
+}
+
+/// `devnet --validators 4 --netns`, stopped (and its namespaces removed) on drop even when the
+/// test fails.
+struct NetnsCluster {
+    child: std::process::Child,
+    urls: Vec<String>,
+    links: Vec<String>,
+    namespaces: Vec<String>,
+    bridge: String,
+}
+
+impl NetnsCluster {
+    fn start(dir: &Path) -> Self {
+        let mut child = spawn_devnet(&["--validators", "4", "--netns", "--no-fastpath"], dir);
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut cluster = Self {
+            child,
+            urls: Vec::new(),
+            links: Vec::new(),
+            namespaces: Vec::new(),
+            bridge: String::new(),
+        };
+        while cluster.urls.len() < 4 {
+            let line = lines
+                .next()
+                .expect("devnet printed its validators")
+                .unwrap();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let after = |key: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .map(|i| words[i + 1].to_owned())
+            };
+            if line.starts_with("Network: bridge ") {
+                cluster.bridge = words[2].to_owned();
+            }
+            if line.starts_with(&format!("Validator {}: ", cluster.urls.len())) {
+                cluster.urls.push(after("RPC:").unwrap());
+                cluster.links.push(after("link").unwrap());
+                cluster.namespaces.push(after("netns").unwrap());
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        cluster
+    }
+
+    fn set_link(&self, i: usize, up: bool) {
+        let status = Command::new("ip")
+            .args([
+                "link",
+                "set",
+                &self.links[i],
+                if up { "up" } else { "down" },
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for NetnsCluster {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a valid pid of our own child and a standard signal.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Normally devnet removed them already; after a kill, this does.
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for link in &self.links {
+            let _ = Command::new("ip")
+                .args(["link", "del", link])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if !self.bridge.is_empty() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.bridge])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_cut_off_by_its_link_catches_up_after_healing() {
+    let temp = tempfile::tempdir().unwrap();
+    let cluster = NetnsCluster::start(temp.path());
+    let rpcs: Vec<Rpc> = cluster.urls.iter().map(|u| Rpc::new(u)).collect();
+    let signer = dev_signer(3);
+    let transfer = |nonce| {
+        sign(
+            &signer,
+            eip1559(
+                nonce,
+                TxKind::Call(Address::repeat_byte(0x33)),
+                U256::from(1),
+                Default::default(),
+                21_000,
+            ),
+        )
+    };
+    rpcs[0].send_raw_sync(&transfer(0)).await.expect("receipt");
+
+    // Validator 3's link goes down: the other three keep finalizing, and take transactions.
+    cluster.set_link(3, false);
+    let before = finalized_height(&rpcs[0]).await;
+    let during = rpcs[1]
+        .send_raw_sync(&transfer(1))
+        .await
+        .expect("receipt while validator 3 is cut off");
+    wait_for(
+        "finalization without validator 3",
+        Duration::from_secs(20),
+        || async { (finalized_height(&rpcs[0]).await > before + 20).then_some(()) },
+    )
+    .await;
+    let probe = tokio::time::timeout(
+        Duration::from_secs(5),
+        rpcs[3].call("eth_blockNumber", serde_json::json!([])),
+    )
+    .await;
+    assert!(
+        !matches!(probe, Ok(Ok(_))),
+        "validator 3 should be unreachable"
+    );
+
+    // Healed: it catches up and has the receipt it missed.
+    cluster.set_link(3, true);
+    catch_up(
+        &rpcs[3],
+        &rpcs[0],
+        "validator 3 to catch up after healing",
+        60,
+    )
+    .await;
+    let seen = rpcs[3]
+        .wait_receipt(during.transaction_hash, Duration::from_secs(30))
+        .await;
+    assert_eq!(seen.block_number, during.block_number);
+    let after = rpcs[3]
+        .send_raw_sync(&transfer(2))
+        .await
+        .expect("receipt through the healed validator");
+    assert!(after.succeeded());
+    drop(cluster);
 }

@@ -50,6 +50,23 @@ fn run(args: &[&str]) -> Result<String, RigError> {
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// Gives `interface` (inside `ns`) the address `ip/24` and brings it and loopback up.
+fn bring_up_in_namespace(ns: &str, interface: &str, ip: Ipv4Addr) -> Result<(), RigError> {
+    run(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{ip}/24"),
+        "dev",
+        interface,
+    ])?;
+    run(&["ip", "-n", ns, "link", "set", interface, "up"])?;
+    run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
 impl VethRig {
     /// Creates the namespace and the veth pair. With `host_address`, the host end gets
     /// `host_ip/24` (for kernel sockets); without, it stays address-less for a DPDK vdev. Both
@@ -96,18 +113,7 @@ impl VethRig {
         }
         run(&["ip", "link", "set", &host_if, "up"])?;
         run(&["ethtool", "-K", &host_if, "tx", "off"])?;
-        run(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ns_ip}/24"),
-            "dev",
-            &ns_if,
-        ])?;
-        run(&["ip", "-n", &ns, "link", "set", &ns_if, "up"])?;
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        bring_up_in_namespace(&ns, &ns_if, ns_ip)?;
         run(&[
             "ip", "netns", "exec", &ns, "ethtool", "-K", &ns_if, "tx", "off",
         ])?;
@@ -185,5 +191,101 @@ impl Drop for VethRig {
         // Deleting the namespace deletes its veth end, and with it the pair.
         let _ = run(&["ip", "netns", "del", &self.ns]);
         let _ = run(&["ip", "link", "del", &self.host_if]);
+    }
+}
+
+/// A LAN of namespaces: one bridge in our namespace (with an address, so this process reaches
+/// every host) and, per host, a namespace joined to the bridge by a veth pair. Used to run each
+/// node of a cluster in its own namespace and to cut one off by taking its link down. Removed
+/// on drop; names carry the pid, like [`VethRig`]'s.
+pub struct BridgeNet {
+    pub bridge: String,
+    pub bridge_ip: Ipv4Addr,
+    pub hosts: Vec<BridgeHost>,
+}
+
+pub struct BridgeHost {
+    pub ns: String,
+    /// Our end of its veth, on the bridge: down cuts the host off.
+    pub link: String,
+    pub ip: Ipv4Addr,
+}
+
+impl BridgeNet {
+    pub fn create(hosts: usize) -> Result<Self, RigError> {
+        if hosts == 0 || hosts > 200 {
+            return Err(RigError::Command {
+                command: "bridge net".into(),
+                stderr: format!("{hosts} hosts: between 1 and 200"),
+            });
+        }
+        let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}x{seq}", std::process::id() % 100_000);
+        // 10.200-249.x.0/24: apart from VethRig's 10.100-199 range.
+        let second = 200 + (std::process::id() % 50) as u8;
+        let third = (seq % 250) as u8 + 1;
+        let mut net = Self {
+            bridge: format!("rtb{id}"),
+            bridge_ip: Ipv4Addr::new(10, second, third, 254),
+            hosts: Vec::new(),
+        };
+        let _ = run(&["ip", "link", "del", &net.bridge]);
+        run(&["ip", "link", "add", &net.bridge, "type", "bridge"])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", net.bridge_ip),
+            "dev",
+            &net.bridge,
+        ])?;
+        run(&["ip", "link", "set", &net.bridge, "up"])?;
+        for i in 0..hosts {
+            let host = BridgeHost {
+                ns: format!("rtc{id}h{i}"),
+                link: format!("rbl{id}h{i}"),
+                ip: Ipv4Addr::new(10, second, third, i as u8 + 1),
+            };
+            let inner = format!("rbi{id}h{i}");
+            let _ = run(&["ip", "netns", "del", &host.ns]);
+            let _ = run(&["ip", "link", "del", &host.link]);
+            run(&["ip", "netns", "add", &host.ns])?;
+            // Pushed before the links exist, so that drop removes whatever was made.
+            let (ns, link, ip) = (host.ns.clone(), host.link.clone(), host.ip);
+            net.hosts.push(host);
+            run(&[
+                "ip", "link", "add", &link, "type", "veth", "peer", "name", &inner, "netns", &ns,
+            ])?;
+            run(&["ip", "link", "set", &link, "master", &net.bridge])?;
+            run(&["ip", "link", "set", &link, "up"])?;
+            bring_up_in_namespace(&ns, &inner, ip)?;
+        }
+        Ok(net)
+    }
+
+    /// Takes host `i`'s link down (cut off from everyone) or up again.
+    pub fn set_link(&self, i: usize, up: bool) -> Result<(), RigError> {
+        let host = self.hosts.get(i).ok_or_else(|| RigError::Command {
+            command: "set_link".into(),
+            stderr: format!("no host {i}"),
+        })?;
+        run(&[
+            "ip",
+            "link",
+            "set",
+            &host.link,
+            if up { "up" } else { "down" },
+        ])
+        .map(|_| ())
+    }
+}
+
+impl Drop for BridgeNet {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            let _ = run(&["ip", "netns", "del", &host.ns]);
+            let _ = run(&["ip", "link", "del", &host.link]);
+        }
+        let _ = run(&["ip", "link", "del", &self.bridge]);
     }
 }

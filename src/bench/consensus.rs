@@ -99,13 +99,15 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
         block_interval_ms: 100,
         sync,
         rpc_base_port: 0,
+        netns: false,
         fastpath_base_port: None,
     };
-    let mut validators = tokio::task::spawn_blocking(move || cluster::launch(&spec))
+    let mut cluster = tokio::task::spawn_blocking(move || cluster::launch(&spec))
         .await
         .map_err(|e| BenchError::Local(e.to_string()))?
         .map_err(BenchError::Local)?;
-    let urls: Vec<String> = validators
+    let urls: Vec<String> = cluster
+        .nodes
         .iter()
         .map(|v| format!("http://{}", v.config.rpc.addr))
         .collect();
@@ -136,7 +138,7 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
         });
     }
     tokio::task::spawn_blocking(move || {
-        for v in &mut validators {
+        for v in &mut cluster.nodes {
             v.stop(Duration::from_secs(10));
         }
     })
