@@ -70,6 +70,10 @@ struct ConsensusResult {
     achieved_tps: f64,
     e2e_p50_us: Option<u64>,
     e2e_p99_us: Option<u64>,
+    /// After `kill -9` of validator 0: the longest time (polled every 1 ms) validator 1's
+    /// finalized height did not move, and the view timeout it is to be compared with.
+    crash_stall_max_us: u64,
+    timeout_leader_ms: u64,
     machine: Machine,
     commit: String,
     timestamp: String,
@@ -137,6 +141,14 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
             blocks: lat["count"].as_u64().unwrap_or_default(),
         });
     }
+    // A crashed validator: every view it leads now waits out `timeout_leader` and is
+    // nullified. The longest time validator 1's finalized height stands still is that stall.
+    let timeout_leader_ms = cluster.nodes[0].config.consensus.timeout_leader_ms;
+    if let Some(child) = &mut cluster.nodes[0].child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let crash_stall_max_us = longest_stall(&urls[1], Duration::from_secs(3)).await?;
     tokio::task::spawn_blocking(move || {
         for v in &mut cluster.nodes {
             v.stop(Duration::from_secs(10));
@@ -175,11 +187,32 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
         achieved_tps: load.achieved_tps,
         e2e_p50_us: load.p50_us,
         e2e_p99_us: load.p99_us,
+        crash_stall_max_us,
+        timeout_leader_ms,
         machine: Machine::current(),
         commit: current_commit(),
         timestamp: utc_timestamp(),
     };
     emit_line(&result, args.out.as_deref())
+}
+
+/// Polls `url`'s finalized height for `window`; the longest time it stood still, in us.
+async fn longest_stall(url: &str, window: Duration) -> Result<u64, BenchError> {
+    let start = std::time::Instant::now();
+    let mut last_height = None;
+    let mut since = start;
+    let mut longest = Duration::ZERO;
+    while start.elapsed() < window {
+        let height = node_stats(url).await?["consensus"]["finalizedHeight"].as_u64();
+        let now = std::time::Instant::now();
+        if height != last_height {
+            last_height = height;
+            since = now;
+        }
+        longest = longest.max(now - since);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(longest.as_micros() as u64)
 }
 
 async fn node_stats(url: &str) -> Result<serde_json::Value, BenchError> {

@@ -215,6 +215,8 @@ pub struct Replica {
     /// Transactions accepted here since the last flush, to gossip to the other validators so
     /// that whoever leads next can include them.
     gossip_out: Vec<alloy_primitives::Bytes>,
+    /// Blocks stored under `consensus/block/` (voted for or proposed, not yet settled).
+    stored: std::collections::BTreeSet<(Height, Digest)>,
     /// Transactions of our proposals not finalized yet, by digest, with the height.
     own: HashMap<Digest, (Height, Vec<RecoveredTx>)>,
     first_seen: HashMap<Digest, Instant>,
@@ -591,6 +593,7 @@ impl Replica {
             waiting_by_nonce: HashMap::new(),
             gossip_out: Vec::new(),
             own: HashMap::new(),
+            stored: stored_blocks(&chain.store)?,
             first_seen: HashMap::new(),
             sync_blocks: c.sync == ConsensusSync::Always,
             propose_idle: Duration::from_millis(c.propose_idle_ms),
@@ -1046,6 +1049,7 @@ impl Sequencer {
                             &Msg::Block(Box::new(block.clone())).encode(),
                             rep.sync_blocks,
                         )?;
+                        rep.stored.insert((block.height(), digest));
                         true
                     }
                     Ok(_) => {
@@ -1244,7 +1248,10 @@ impl Sequencer {
             rep.proposing = None;
             return Ok(false);
         }
-        if self.ready.is_empty() && request.since.elapsed() < rep.propose_idle {
+        // Empty blocks are paced by `propose_idle`, except right after views were nullified
+        // (a crashed or slow leader): then the chain has waited long enough already.
+        let after_nullified = request.view > request.parent_view + 1;
+        if self.ready.is_empty() && !after_nullified && request.since.elapsed() < rep.propose_idle {
             return Ok(false);
         }
         let Some((base, diffs)) = self.base_of(rep, &request.parent) else {
@@ -1292,6 +1299,7 @@ impl Sequencer {
             &Msg::Block(Box::new(block)).encode(),
             rep.sync_blocks,
         )?;
+        rep.stored.insert((request.height, digest));
         rep.first_seen.insert(digest, started);
         if !own_txs.is_empty() {
             rep.own.insert(digest, (request.height, own_txs));
@@ -1785,13 +1793,13 @@ impl Sequencer {
             &encode_final(&block, finalized.finalization.as_ref()),
             false,
         )?;
-        for (k, _) in self.chain.store.consensus_entries(b"block/")? {
-            let h = k
-                .get(6..14)
-                .map(|b| u64::from_be_bytes(b.try_into().expect("8")));
-            if h.is_none_or(|h| h <= height) {
-                self.chain.store.delete_consensus(&k)?;
-            }
+        // Stored blocks at or below the new tip are settled. Tracked in memory: scanning the
+        // prefix would walk every deletion tombstone RocksDB still holds.
+        while let Some(&(h, d)) = rep.stored.first()
+            && h <= height
+        {
+            self.chain.store.delete_consensus(&block_key(h, &d))?;
+            rep.stored.pop_first();
         }
         rep.spec.retain(|_, s| s.height > height);
         // Our proposals at this height or below that did not make it: their transactions go
@@ -1909,6 +1917,20 @@ fn take_waiter(rep: &mut Replica, hash: &B256, sender: Address, nonce: u64) -> O
         }
     }
     Some(waiter.reply)
+}
+
+/// The (height, digest) of every block stored under `consensus/block/`.
+fn stored_blocks(
+    store: &rtchain_state::Store,
+) -> Result<std::collections::BTreeSet<(Height, Digest)>, NodeError> {
+    Ok(store
+        .consensus_entries(b"block/")?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let height = u64::from_be_bytes(k.get(6..14)?.try_into().ok()?);
+            Some((height, B256::from_slice(k.get(14..46)?)))
+        })
+        .collect())
 }
 
 fn records_txs(records: &[LogRecord]) -> Vec<RecoveredTx> {
