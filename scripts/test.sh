@@ -27,3 +27,6 @@ cargo nextest run --workspace --profile "$profile" --no-fail-fast
 step "ethereum/tests GeneralStateTests (Cancun and later)"
 tests_dir=${RTCHAIN_STATE_TESTS:-$root/../shared/ethereum-tests/GeneralStateTests}
 "$CARGO_TARGET_DIR/debug/rtchain" statetest "$tests_dir"
+
+step "ethereum/tests GeneralStateTests through the node's parallel path"
+"$CARGO_TARGET_DIR/debug/rtchain" statetest --parallel "$tests_dir"

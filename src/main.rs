@@ -81,6 +81,10 @@ struct StatetestArgs {
     /// Also print skipped cases, per-file times and skip reasons.
     #[arg(long)]
     verbose: bool,
+    /// Run each case the node's way: the signed transaction checked as a submission and
+    /// executed by the parallel executor, forced to speculate on a worker thread.
+    #[arg(long)]
+    parallel: bool,
 }
 
 #[derive(Subcommand)]
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
             fork: args.fork,
             jobs: args.jobs,
             verbose: args.verbose,
+            parallel: args.parallel,
         };
         return match statetest::run(&args.paths, &options) {
             Ok(summary) if summary.success() => ExitCode::SUCCESS,

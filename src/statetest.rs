@@ -30,7 +30,7 @@ use alloy_trie::{
 use rayon::prelude::*;
 use revm_statetest_types::{SpecName, Test, TestSuite, TestUnit};
 use rtchain_exec::{
-    BlockContext, ExecConfig, StateDiff, StateError, StateReader,
+    BlockContext, ExecConfig, ParallelConfig, ParallelExecutor, StateDiff, StateError, StateReader,
     executor::execute_tx_env,
     revm::{
         bytecode::Bytecode,
@@ -82,6 +82,10 @@ pub struct StatetestOptions {
     pub jobs: Option<NonZeroUsize>,
     /// Also print every skipped case, per-file timings and the skip reasons with their counts.
     pub verbose: bool,
+    /// Execute each case as the node does: the fixture's signed transaction (`txbytes`)
+    /// decoded and checked like a submission, then run by the [`ParallelExecutor`] forced to
+    /// speculate on a worker thread and validate at commit.
+    pub parallel: bool,
 }
 
 /// Outcome of a run. `Display` is the final line: `N passed, M failed, K skipped`.
@@ -229,6 +233,7 @@ pub fn run_to(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .thread_name(|i| format!("statetest-{i}"))
+        .stack_size(rtchain_exec::EVM_THREAD_STACK_BYTES)
         .build()
         .map_err(|e| StatetestError::ThreadPool {
             jobs,
@@ -236,11 +241,29 @@ pub fn run_to(
         })?;
     // One task per file: files differ in cost by orders of magnitude (a 1-case file next to a
     // 500-case one), so rayon must not batch them.
+    let executor = if options.parallel {
+        Some(
+            ParallelExecutor::new(ParallelConfig {
+                threads: 2,
+                // Every batch speculates, however small, cheap or conflicting.
+                min_batch_txs: 1,
+                conflict_pct_max: 100,
+                conflict_sample_txs: u32::MAX,
+                min_avg_gas_limit: 0,
+            })
+            .map_err(|e| StatetestError::ThreadPool {
+                jobs: 2,
+                reason: e.to_string(),
+            })?,
+        )
+    } else {
+        None
+    };
     let reports: Vec<FileReport> = pool.install(|| {
         files
             .par_iter()
             .with_max_len(1)
-            .map(|file| run_file(file, &forks))
+            .map(|file| run_file(file, &forks, executor.as_ref()))
             .collect()
     });
 
@@ -248,7 +271,9 @@ pub fn run_to(
         files: files.len() as u64,
         ..Summary::default()
     };
+    let mut speculated = 0;
     for report in reports {
+        speculated += report.speculated;
         summary.passed += report.passed;
         summary.not_selected += report.not_selected;
         for failure in report.failures {
@@ -274,6 +299,13 @@ pub fn run_to(
         }
     }
     summary.elapsed = started.elapsed();
+    if options.parallel {
+        writeln!(
+            out,
+            "parallel path: {speculated} cases executed speculatively on a worker and validated at commit"
+        )
+        .map_err(StatetestError::Output)?;
+    }
     if options.verbose {
         for (reason, count) in &summary.skip_reasons {
             writeln!(out, "skipped {count}: {reason}").map_err(StatetestError::Output)?;
@@ -389,6 +421,8 @@ impl ForkSelection {
 struct FileReport {
     file: PathBuf,
     passed: u64,
+    /// Cases the parallel path ran speculatively (`--parallel`).
+    speculated: u64,
     not_selected: u64,
     failures: Vec<CaseFailure>,
     skipped: Vec<(CaseId, String)>,
@@ -406,18 +440,19 @@ impl FileReport {
     }
 }
 
-fn run_file(path: &Path, forks: &ForkSelection) -> FileReport {
+fn run_file(path: &Path, forks: &ForkSelection, executor: Option<&ParallelExecutor>) -> FileReport {
     let started = Instant::now();
     let mut report = FileReport {
         file: path.to_path_buf(),
         passed: 0,
+        speculated: 0,
         not_selected: 0,
         failures: Vec::new(),
         skipped: Vec::new(),
         elapsed: Duration::ZERO,
     };
     match read_fixture(path) {
-        Ok(bytes) => run_suite(&bytes, forks, &mut report),
+        Ok(bytes) => run_suite(&bytes, forks, executor, &mut report),
         Err(problem) => {
             let case = report.file_case();
             let reason = FailureReason::BadFixture(problem);
@@ -440,7 +475,12 @@ fn read_fixture(path: &Path) -> Result<Vec<u8>, String> {
     fs::read(path).map_err(|e| format!("cannot read: {e}"))
 }
 
-fn run_suite(bytes: &[u8], forks: &ForkSelection, report: &mut FileReport) {
+fn run_suite(
+    bytes: &[u8],
+    forks: &ForkSelection,
+    executor: Option<&ParallelExecutor>,
+    report: &mut FileReport,
+) {
     let file_name = report
         .file
         .file_name()
@@ -497,10 +537,16 @@ fn run_suite(bytes: &[u8], forks: &ForkSelection, report: &mut FileReport) {
                     indexes: Some(indexes(test)),
                 };
                 let verdict = match &env {
-                    Ok((config, block)) => {
+                    Ok((config, context, block)) => {
                         // A panic in the executor is a failure of this case, not of the run.
-                        catch_unwind(AssertUnwindSafe(|| {
-                            run_case(&pre, unit, config, block, test)
+                        catch_unwind(AssertUnwindSafe(|| match executor {
+                            Some(executor) => {
+                                let (verdict, speculated) =
+                                    run_case_parallel(&pre, unit, config, context, test, executor);
+                                report.speculated += u64::from(speculated);
+                                verdict
+                            }
+                            None => run_case(&pre, unit, config, block, test),
                         }))
                         .unwrap_or_else(|panic| {
                             Verdict::Fail(FailureReason::Panic(panic_message(panic.as_ref())))
@@ -551,7 +597,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The chain configuration and block environment a fixture's `env` describes, for one fork.
-fn environment(unit: &TestUnit, spec: SpecId) -> Result<(ExecConfig, BlockEnv), String> {
+fn environment(
+    unit: &TestUnit,
+    spec: SpecId,
+) -> Result<(ExecConfig, BlockContext, BlockEnv), String> {
     let env = &unit.env;
     let to_u64 = |value: U256, field: &str| {
         u64::try_from(value).map_err(|_| format!("env {field} {value} does not fit in 64 bits"))
@@ -563,6 +612,9 @@ fn environment(unit: &TestUnit, spec: SpecId) -> Result<(ExecConfig, BlockEnv), 
     let gas_limit = to_u64(env.current_gas_limit, "currentGasLimit")?;
     let config = ExecConfig {
         spec,
+        // Fixtures sign most transactions the pre-EIP-155 way: valid on chain, refused only by
+        // RPC policy.
+        allow_unprotected_txs: true,
         block_gas_limit: gas_limit,
         coinbase: env.current_coinbase,
         ..ExecConfig::dev(chain_id)
@@ -585,7 +637,7 @@ fn environment(unit: &TestUnit, spec: SpecId) -> Result<(ExecConfig, BlockEnv), 
         let fraction = config.cfg_env().blob_base_fee_update_fraction();
         block.set_blob_excess_gas_and_price(to_u64(excess, "currentExcessBlobGas")?, fraction);
     }
-    Ok((config, block))
+    Ok((config, context, block))
 }
 
 enum Verdict {
@@ -648,7 +700,12 @@ fn run_case(
         // is the pre-state (the fixture's hash for such cases).
         (Err(_), Some(_)) => logs_hash(&[]),
     };
-    let state_root = pre.state_root_after(&diff);
+    check_post(pre, &diff, got_logs, test)
+}
+
+/// The post-state root of `diff` over the pre-state and the logs hash against the fixture's.
+fn check_post(pre: &FixtureState, diff: &StateDiff, got_logs: B256, test: &Test) -> Verdict {
+    let state_root = pre.state_root_after(diff);
     let root_ok = state_root == test.hash;
     let logs_ok = got_logs == test.logs;
     match (root_ok, logs_ok) {
@@ -668,6 +725,102 @@ fn run_case(
             expected_logs: test.logs,
         }),
     }
+}
+
+/// One case the node's way: the fixture's signed transaction decoded and checked as a
+/// submission would be, then executed by the parallel executor (speculation on a worker, read
+/// validation at commit, lazy fee payment). Returns the verdict and whether it speculated.
+fn run_case_parallel(
+    pre: &FixtureState,
+    unit: &TestUnit,
+    config: &ExecConfig,
+    context: &BlockContext,
+    test: &Test,
+    executor: &ParallelExecutor,
+) -> (Verdict, bool) {
+    let Some(raw) = &test.txbytes else {
+        return (
+            Verdict::Skip("no txbytes: the fixture has no signed transaction".to_string()),
+            false,
+        );
+    };
+    if unit
+        .env
+        .current_excess_blob_gas
+        .is_some_and(|e| !e.is_zero())
+    {
+        return (
+            Verdict::Skip(
+                "excess blob gas: the node's block context has none (blob base fee 1 wei)"
+                    .to_string(),
+            ),
+            false,
+        );
+    }
+    let refused = |why: String| match &test.expect_exception {
+        // Refused before execution, as the fixture expects: nothing changes.
+        Some(_) => (
+            if pre.state_root_after(&StateDiff::default()) == test.hash {
+                Verdict::Pass
+            } else {
+                Verdict::Fail(FailureReason::StateRoot {
+                    got: pre.state_root_after(&StateDiff::default()),
+                    expected: test.hash,
+                })
+            },
+            false,
+        ),
+        None => (
+            Verdict::Fail(FailureReason::UnexpectedException { got: why }),
+            false,
+        ),
+    };
+    // EIP-2718 type 3: the node's chain takes no blob transactions (decoding refuses them).
+    if raw.first() == Some(&0x03) {
+        return (
+            Verdict::Skip("blob transaction: the node takes none".to_string()),
+            false,
+        );
+    }
+    let tx = match rtchain_exec::decode_and_recover(raw, config) {
+        Ok(tx) => tx,
+        Err(e) => return refused(e.to_string()),
+    };
+    let (result, stats) =
+        match executor.execute_batch_with_stats(config, context, pre, vec![tx], 0, 0) {
+            Ok(executed) => executed,
+            Err(e) => return (Verdict::Fail(FailureReason::Backend(e)), false),
+        };
+    let speculated = stats.sequential.is_none();
+    let Some(outcome) = result.outcomes.into_iter().next() else {
+        return (
+            Verdict::Fail(FailureReason::BadFixture("no outcome".into())),
+            speculated,
+        );
+    };
+    let logs = match (outcome, &test.expect_exception) {
+        (rtchain_exec::TxOutcome::Included { receipt, .. }, None) => {
+            logs_hash(receipt.receipt.logs())
+        }
+        (rtchain_exec::TxOutcome::Included { receipt, .. }, Some(expected)) => {
+            return (
+                Verdict::Fail(FailureReason::MissingException {
+                    expected: expected.clone(),
+                    outcome: format!("included, status {}", receipt.receipt.status()),
+                }),
+                speculated,
+            );
+        }
+        (rtchain_exec::TxOutcome::Rejected { error, .. }, _) => {
+            let (verdict, _) = refused(error.to_string());
+            return (verdict, speculated);
+        }
+        (rtchain_exec::TxOutcome::Deferred { .. }, _) => {
+            let (verdict, _) = refused("does not fit the block".to_string());
+            return (verdict, speculated);
+        }
+    };
+    (check_post(pre, &result.diff, logs, test), speculated)
 }
 
 fn outcome(result: &rtchain_exec::revm::context_interface::result::ExecutionResult) -> String {
@@ -847,6 +1000,31 @@ mod tests {
             "{out}"
         );
         assert_eq!(out.lines().last(), Some("1 passed, 0 failed, 0 skipped"));
+    }
+
+    #[test]
+    fn add11_passes_through_the_parallel_path_speculatively() {
+        let options = StatetestOptions {
+            parallel: true,
+            ..StatetestOptions::default()
+        };
+        let (summary, out) = run_fixture(ADD11, &options);
+        assert_eq!(
+            (summary.passed, summary.failed, summary.skipped),
+            (1, 0, 0),
+            "{out}"
+        );
+        assert!(
+            out.contains("parallel path: 1 cases executed speculatively"),
+            "{out}"
+        );
+        // A wrong expectation fails there too: the path checks, not just runs.
+        let wrong = ADD11.replace(
+            "0xe8010ce590f401c9d61fef8ab05bea9bcec24281b795e5868809bc4e515aa530",
+            "0x0000000000000000000000000000000000000000000000000000000000000001",
+        );
+        let (summary, _) = run_fixture(&wrong, &options);
+        assert_eq!(summary.failed, 1);
     }
 
     #[test]

@@ -237,6 +237,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// buffers, ports) is first touched on its own core and lands on that core's NUMA node. This
 /// function returns only after the pinning was done and checked: a tile that could not be
 /// pinned is an error here, not a thread silently running on the wrong core.
+/// Stack of every tile thread. The sequencer tile runs the EVM (the parallel executor commits on
+/// the calling thread), and a call chain 1,024 frames deep overflows the default 2 MiB there
+/// (`rtchain statetest --parallel` found it); the same as `rtchain_exec::EVM_THREAD_STACK_BYTES`.
+/// Only the pages used are backed by memory.
+pub const TILE_STACK_BYTES: usize = 64 << 20;
+
 pub fn spawn_tile<F, T>(name: &str, core: Option<usize>, f: F) -> Result<TileHandle<T>, TileError>
 where
     F: FnOnce() -> T + Send + 'static,
@@ -252,6 +258,7 @@ where
     let thread = thread::Builder::new()
         // Linux shows at most 15 bytes of a thread name (std truncates); keep tile names short.
         .name(name.to_string())
+        .stack_size(TILE_STACK_BYTES)
         .spawn(move || {
             let pinned = match core {
                 Some(core) => pin_current_thread(core).map_err(|reason| (core, reason)),

@@ -21,6 +21,9 @@ pub struct ExecConfig {
     /// Receives priority fees.
     pub coinbase: Address,
     pub max_tx_size_bytes: usize,
+    /// Accept legacy transactions without a chain id (pre-EIP-155). Off, as geth's RPC has it:
+    /// such a transaction can be replayed on any chain.
+    pub allow_unprotected_txs: bool,
     /// EIP-1559 change denominator and elasticity.
     pub base_fee_max_change_denominator: u64,
     pub base_fee_elasticity_multiplier: u64,
@@ -34,6 +37,7 @@ impl ExecConfig {
             block_gas_limit: 300_000_000,
             coinbase: Address::ZERO,
             max_tx_size_bytes: DEFAULT_MAX_TX_SIZE_BYTES,
+            allow_unprotected_txs: false,
             base_fee_max_change_denominator: 8,
             base_fee_elasticity_multiplier: 2,
         }

@@ -18,6 +18,12 @@ pub mod tx;
 pub mod types;
 
 pub use config::ExecConfig;
+
+/// Stack for a thread that runs the EVM. revm keeps its frames on the heap, but each nested
+/// call still takes native stack on the speculative and commit paths of the parallel executor;
+/// a call chain 1,024 deep needs more than the default 2 MiB (about 4 MiB measured). Only the
+/// pages used are backed by memory.
+pub const EVM_THREAD_STACK_BYTES: usize = 64 << 20;
 pub use executor::{BatchResult, BlockContext, SimulationChecks, TxOutcome};
 pub use memory::MemoryState;
 pub use parallel::{BatchStats, ParallelConfig, ParallelExecutor};

@@ -220,6 +220,7 @@ impl ParallelExecutor {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads - 1)
                 .thread_name(|i| format!("exec-worker-{i}"))
+                .stack_size(crate::EVM_THREAD_STACK_BYTES)
                 .start_handler(on_start)
                 .build()
                 .map_err(|e| PoolError {
@@ -335,7 +336,7 @@ impl ParallelExecutor {
             Some(SequentialReason::OneThread)
         } else if config.spec.is_enabled_in(SpecId::AMSTERDAM) {
             Some(SequentialReason::Spec)
-        } else if txs.len() < self.config.min_batch_txs.max(2) || txs.len() > BATCH_TXS_MAX {
+        } else if txs.len() < self.config.min_batch_txs.max(1) || txs.len() > BATCH_TXS_MAX {
             Some(SequentialReason::SmallBatch)
         } else if gas_limits < u128::from(self.config.min_avg_gas_limit) * txs.len() as u128 {
             Some(SequentialReason::CheapTxs)

@@ -146,7 +146,8 @@ pub fn check_static(tx: &TxEnvelope, config: &ExecConfig) -> Result<(), TxError>
         _ => {}
     }
     match tx.chain_id() {
-        None => return Err(TxError::Unprotected),
+        None if !config.allow_unprotected_txs => return Err(TxError::Unprotected),
+        None => {}
         Some(have) if have != config.chain_id => {
             return Err(TxError::WrongChainId {
                 have,
