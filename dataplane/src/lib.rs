@@ -2,6 +2,7 @@
 
 pub mod doorbell;
 pub mod dpdk;
+pub mod numa;
 mod open;
 pub mod packet;
 pub mod port;

@@ -264,6 +264,9 @@ where
                 Some(core) => pin_current_thread(core).map_err(|reason| (core, reason)),
                 None => Ok(()),
             };
+            if let (Ok(()), Some(core)) = (&pinned, core) {
+                bind_memory_near(core);
+            }
             let ok = pinned.is_ok();
             // The receiver waits for exactly this message; if it has gone, nobody wants the
             // tile to run.
@@ -303,6 +306,17 @@ where
 /// Pins the calling thread to `core` and checks that the kernel applied it.
 /// Pins the calling thread to `core` and checks that it took (for threads another library
 /// spawns, such as an executor's worker pool; tiles use [`spawn_tile`]).
+/// After pinning to `core`: the thread's allocations come from that core's NUMA node (a no-op on
+/// a one-node host). A refusal (a container without the permission) is logged, not fatal: the
+/// kernel's first-touch placement still puts the pinned thread's pages on its node.
+pub fn bind_memory_near(core: usize) {
+    match crate::numa::bind_thread_memory_to_core(core) {
+        Ok(Some(node)) => tracing::debug!("core {core}: memory bound to NUMA node {node}"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("core {core}: {e}; relying on first-touch placement"),
+    }
+}
+
 pub fn pin_current_thread(core: usize) -> Result<(), String> {
     // `core_affinity` builds a fixed `cpu_set_t` (1024 CPUs) and indexes it without a bounds
     // check, so larger numbers must not reach it.

@@ -50,6 +50,13 @@ impl Node {
     /// sequencer and serves RPC. Must be called inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         config.validate().map_err(NodeError::Config)?;
+        match rtchain_dataplane::numa::numa_nodes() {
+            Ok(n) if n > 1 => tracing::info!(
+                "{n} NUMA nodes: each pinned tile and exec worker binds its memory to its core's node"
+            ),
+            Ok(_) => tracing::debug!("one NUMA node: no memory binding needed"),
+            Err(e) => tracing::warn!("cannot read the NUMA topology ({e}); no memory binding"),
+        }
         let (chain, recovered) = chain::open(&config)?;
         let chain = Arc::new(chain);
         let backend = Arc::new(NodeBackend::new(chain.clone()));

@@ -196,10 +196,11 @@ fn executor(threads: usize, cores: &CoreMap) -> Result<ParallelExecutor, NodeErr
     };
     let worker_cores = cores.exec.clone();
     ParallelExecutor::with_thread_start(ParallelConfig::with_threads(threads), move |i| {
-        if let Some(&core) = worker_cores.get(i)
-            && let Err(e) = rtchain_dataplane::tile::pin_current_thread(core)
-        {
-            tracing::error!("exec worker {i}: cannot pin to core {core}: {e}");
+        if let Some(&core) = worker_cores.get(i) {
+            match rtchain_dataplane::tile::pin_current_thread(core) {
+                Ok(()) => rtchain_dataplane::tile::bind_memory_near(core),
+                Err(e) => tracing::error!("exec worker {i}: cannot pin to core {core}: {e}"),
+            }
         }
     })
     .map_err(|e| NodeError::Config(format!("cannot start the executor's threads: {e}")))
