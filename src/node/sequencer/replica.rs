@@ -1777,6 +1777,13 @@ impl Sequencer {
             }
         }
         self.answer_replaced(rep, &included_nonces);
+        // Gossip put these in our queue too: drop them now, or our next turn as leader would
+        // pop them only to find their nonces taken.
+        if !included_nonces.is_empty() && !self.ready.is_empty() {
+            let included: std::collections::HashSet<B256> =
+                included_nonces.iter().map(|(_, _, hash)| *hash).collect();
+            self.ready.retain(|s| !included.contains(&s.tx.hash));
+        }
         let height = block.height();
         rep.tip = Tip {
             view: block.view(),
