@@ -22,6 +22,36 @@ struct Member {
     port: u16,
 }
 
+/// SIGTERM to a devnet (which stops its nodes), up to 20 s for it to exit, then SIGKILL.
+/// Returns its exit status if it exited by itself.
+fn stop_devnet(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill(2) with a valid pid of our own child and a standard signal.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Stops the devnet when dropped, also when the test panics.
+struct DevnetGuard(std::process::Child);
+
+impl Drop for DevnetGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            stop_devnet(&mut self.0);
+        }
+    }
+}
+
 /// `rtchain devnet ARGS --data-dir DIR`, its output piped.
 fn spawn_devnet(args: &[&str], dir: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_rtchain"))
@@ -39,7 +69,7 @@ fn spawn_devnet(args: &[&str], dir: &Path) -> std::process::Child {
 /// Starts `devnet --validators 4` on free ports, submits one transfer through it, stops it with
 /// SIGTERM (which must stop every validator), and returns where each validator's config is.
 fn devnet_cluster(dir: &Path) -> Vec<Member> {
-    let mut child = spawn_devnet(
+    let mut child = DevnetGuard(spawn_devnet(
         &[
             "--validators",
             "4",
@@ -50,8 +80,8 @@ fn devnet_cluster(dir: &Path) -> Vec<Member> {
             "127.0.0.1:0",
         ],
         dir,
-    );
-    let stdout = child.stdout.take().expect("stdout");
+    ));
+    let stdout = child.0.stdout.take().expect("stdout");
     let mut urls = Vec::new();
     let mut lines = BufReader::new(stdout).lines();
     while urls.len() < 5 {
@@ -92,11 +122,7 @@ fn devnet_cluster(dir: &Path) -> Vec<Member> {
                 .await;
         }
     });
-    // SAFETY: kill(2) with a valid pid of our own child and a standard signal.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let status = child.wait().expect("wait for devnet");
+    let status = stop_devnet(&mut child.0).expect("devnet exits on SIGTERM");
     assert!(
         status.success(),
         "devnet --validators 4 exited with {status}"
@@ -345,21 +371,15 @@ impl NetnsCluster {
 
 impl Drop for NetnsCluster {
     fn drop(&mut self) {
-        // SAFETY: kill(2) with a valid pid of our own child and a standard signal.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Normally devnet removed them already; after a kill, this does.
+        stop_devnet(&mut self.child);
+        // Normally devnet removed them already; after a kill, this does (nodes left running in
+        // a namespace are killed first: deleting a namespace does not stop its processes).
         for ns in &self.namespaces {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         for link in &self.links {

@@ -243,6 +243,8 @@ struct CatchUp {
     served: HashMap<u16, Instant>,
     /// A follower's last request.
     last_poll: Option<Instant>,
+    /// After an empty answer, a validator asks again no sooner than this.
+    backoff_until: Option<Instant>,
 }
 
 /// First byte of every transport message: what it is for.
@@ -255,13 +257,17 @@ const GOSSIP_TXS_MAX: u16 = 512;
 const GOSSIP_BYTES_MAX: usize = 256 << 10;
 /// Finalized blocks per sync response, and their bytes.
 const SYNC_BLOCKS_MAX: u64 = 256;
-const SYNC_BYTES_MAX: usize = 1 << 20;
+const SYNC_BYTES_MAX: usize = 256 << 10;
+/// Never more than this in one answer (one transport message holds a little over 4 MiB).
+const SYNC_BYTES_HARD_MAX: usize = 4 << 20;
 /// A follower asks this often while it is up to date...
 const FOLLOW_POLL: Duration = Duration::from_millis(5);
 /// ...and moves to the next validator when an answer takes this long.
 const FOLLOW_TIMEOUT: Duration = Duration::from_millis(300);
 /// At most one large sync answer per peer this often.
 const SYNC_SERVE_INTERVAL: Duration = Duration::from_millis(100);
+/// A validator's pause after an answer with nothing new.
+const SYNC_EMPTY_BACKOFF: Duration = Duration::from_millis(200);
 /// Answers up to this size are not rate-limited.
 const SYNC_SMALL_BYTES: usize = 64 << 10;
 /// A sync request unanswered this long goes to the next peer.
@@ -703,8 +709,14 @@ impl Sequencer {
             if let Some((_, at)) = rep.timer {
                 wait = wait.min(at.saturating_duration_since(now));
             }
-            if let Some(p) = &rep.proposing {
+            // Only while the proposal could be built: waiting for its parent is the peers' job.
+            if let Some(p) = &rep.proposing
+                && self.base_of(&rep, &p.parent).is_some()
+            {
                 wait = wait.min((p.since + rep.propose_idle).saturating_duration_since(now));
+            }
+            if rep.is_follower() {
+                wait = wait.min(FOLLOW_POLL);
             }
             rep.transport.wait(wait);
         }
@@ -947,24 +959,26 @@ impl Sequencer {
                 let s = self.chain.state.read();
                 (s.last_mini_block, s.closed_head)
             };
+            // Only the block whose delivery was marked as begun: another stored block of the
+            // same height (a nullified view's) may share its first mini-block number.
+            let Some(marked) = self.chain.store.get_consensus(b"delivering")? else {
+                return Ok(moved);
+            };
             let mut next = None;
-            for (_, bytes) in self.chain.store.consensus_entries(b"block/")? {
-                let Ok(Msg::Block(block)) = Msg::decode(&bytes) else {
-                    continue;
-                };
-                if block.parent() != rep.tip.digest || block.height() != rep.tip.height + 1 {
-                    continue;
-                }
-                let Ok(records) = decode_payload(block.payload()) else {
-                    continue;
-                };
-                let applied = records.iter().any(|r| match r {
-                    LogRecord::MiniBlock(m) => m.number <= last_mini,
-                    LogRecord::Seal { block_number, .. } => *block_number <= closed,
-                });
-                if applied {
+            if marked.len() == 32 {
+                let digest = B256::from_slice(&marked);
+                let key = block_key(rep.tip.height + 1, &digest);
+                if let Some(bytes) = self.chain.store.get_consensus(&key)?
+                    && let Ok(Msg::Block(block)) = Msg::decode(&bytes)
+                    && block.parent() == rep.tip.digest
+                    && block.digest() == digest
+                    && let Ok(records) = decode_payload(block.payload())
+                    && records.iter().any(|r| match r {
+                        LogRecord::MiniBlock(m) => m.number <= last_mini,
+                        LogRecord::Seal { block_number, .. } => *block_number <= closed,
+                    })
+                {
                     next = Some(*block);
-                    break;
                 }
             }
             let Some(block) = next else {
@@ -1479,6 +1493,9 @@ impl Sequencer {
         {
             return;
         }
+        if rep.catch_up.backoff_until.is_some_and(|t| now < t) {
+            return;
+        }
         let me = rep.me;
         let mut peer = rep.catch_up.next_peer % rep.n as u16;
         if peer == me {
@@ -1546,13 +1563,16 @@ impl Sequencer {
         let mut entries: Vec<Vec<u8>> = Vec::new();
         let mut usable = 0;
         let mut bytes = 0;
-        for height in start..start.saturating_add(max) {
+        for height in start..start.saturating_add(max * 4) {
             let Some(entry) = self.chain.store.get_consensus(&final_key(height))? else {
                 break;
             };
             bytes += entry.len();
-            // Always at least one block, however large: a big block must not stop catch-up.
-            if bytes > SYNC_BYTES_MAX && !entries.is_empty() {
+            // Past the soft limits only until a block with a certificate ends the answer (blocks
+            // finalized through a descendant carry none), and never past what one message holds.
+            if bytes > SYNC_BYTES_HARD_MAX
+                || (usable > 0 && (bytes > SYNC_BYTES_MAX || entries.len() as u64 >= max))
+            {
                 break;
             }
             if decode_final(&entry).is_some_and(|(_, cert)| cert.is_some()) {
@@ -1588,7 +1608,10 @@ impl Sequencer {
             return Ok(());
         };
         if blocks.is_empty() {
+            // Nothing new there: a follower polls again soon anyway; a validator waits before
+            // asking the next peer instead of looping at round-trip speed.
             rep.catch_up.inflight = None;
+            rep.catch_up.backoff_until = Some(Instant::now() + SYNC_EMPTY_BACKOFF);
             return Ok(());
         }
         let mut parent = rep.tip.digest;
@@ -1618,7 +1641,10 @@ impl Sequencer {
         rep.catch_up.inflight = None;
         rep.stats.inner.lock().sync_rounds += 1;
         let count = blocks.len();
-        for (block, finalization) in blocks {
+        for (i, (block, _)) in blocks.into_iter().enumerate() {
+            // Only the last block's certificate was checked: the others are not kept (we would
+            // archive and serve them to peers as if they were).
+            let finalization = (i + 1 == count).then(|| cert.clone());
             self.deliver(
                 rep,
                 Finalized {
@@ -1631,6 +1657,8 @@ impl Sequencer {
             "caught up {count} finalized blocks from validator {from}; now at height {}",
             rep.tip.height
         );
+        // Still behind: the next round need not wait out the stall timer again.
+        rep.catch_up.tip_seen = Some((rep.tip.height, Instant::now() - SYNC_STALL));
         self.rebuild_engine(rep, Some(cert))
     }
 
@@ -1729,6 +1757,33 @@ impl Sequencer {
             )));
         }
         let mut txs_finalized = 0;
+        // Marked before anything of the block is committed (survives a process crash; the log
+        // records themselves are synced): a restart finishes exactly this block.
+        self.chain
+            .store
+            .put_consensus(b"delivering", digest.as_slice(), false)?;
+        // Transactions of this block that sit in our queue (gossip queued them everywhere):
+        // out of the queue, their waiters (a queued future nonce keeps its reply there) to the
+        // ones the commit below answers.
+        let in_block: std::collections::HashSet<B256> = spec
+            .steps
+            .iter()
+            .flat_map(|step| match step {
+                Step::Mini { record, .. } => record.transactions.iter().map(|t| t.hash).collect(),
+                Step::Seal { .. } => Vec::new(),
+            })
+            .collect();
+        if !in_block.is_empty() && !self.ready.is_empty() {
+            let mut kept = std::collections::VecDeque::with_capacity(self.ready.len());
+            for s in self.ready.drain(..) {
+                if !in_block.contains(&s.tx.hash) {
+                    kept.push_back(s);
+                } else if let Some(reply) = s.reply {
+                    rep.waiting.insert(s.tx.hash, Waiter { reply });
+                }
+            }
+            self.ready = kept;
+        }
         let mut included_nonces: Vec<(Address, u64, B256)> = Vec::new();
         for step in spec.steps {
             match step {
@@ -1777,13 +1832,6 @@ impl Sequencer {
             }
         }
         self.answer_replaced(rep, &included_nonces);
-        // Gossip put these in our queue too: drop them now, or our next turn as leader would
-        // pop them only to find their nonces taken.
-        if !included_nonces.is_empty() && !self.ready.is_empty() {
-            let included: std::collections::HashSet<B256> =
-                included_nonces.iter().map(|(_, _, hash)| *hash).collect();
-            self.ready.retain(|s| !included.contains(&s.tx.hash));
-        }
         let height = block.height();
         rep.tip = Tip {
             view: block.view(),
@@ -1794,6 +1842,7 @@ impl Sequencer {
         self.chain
             .store
             .put_consensus(b"anchor", &anchor_bytes(&rep.tip), false)?;
+        self.chain.store.delete_consensus(b"delivering")?;
         // Kept for peers that catch up (see `serve_sync`).
         self.chain.store.put_consensus(
             &final_key(height),
