@@ -5,7 +5,9 @@
 
 use hwlocality::{
     Topology,
+    bitmap::BitmapRef,
     memory::binding::{MemoryBindingFlags, MemoryBindingPolicy},
+    memory::nodeset::NodeSet,
     object::types::ObjectType,
 };
 
@@ -22,13 +24,19 @@ pub fn node_of_core(core: usize) -> Result<usize, String> {
 }
 
 fn node_in(topology: &Topology, core: usize) -> Result<usize, String> {
-    let pu = topology
+    nodeset_of(topology, core)?
+        .first_set()
+        .map(usize::from)
+        .ok_or_else(|| format!("hwloc knows no NUMA node for core {core}"))
+}
+
+/// The NUMA nodes local to `core` (its OS index).
+fn nodeset_of(topology: &Topology, core: usize) -> Result<BitmapRef<'_, NodeSet>, String> {
+    topology
         .objects_with_type(ObjectType::PU)
         .find(|pu| pu.os_index() == Some(core))
-        .ok_or_else(|| format!("core {core} is not in this host's topology"))?;
-    pu.nodeset()
-        .and_then(|nodes| nodes.first_set())
-        .map(usize::from)
+        .ok_or_else(|| format!("core {core} is not in this host's topology"))?
+        .nodeset()
         .ok_or_else(|| format!("hwloc knows no NUMA node for core {core}"))
 }
 
@@ -40,13 +48,7 @@ pub fn bind_thread_memory_to_core(core: usize) -> Result<Option<usize>, String> 
         return Ok(None);
     }
     let node = node_in(&topology, core)?;
-    let pu = topology
-        .objects_with_type(ObjectType::PU)
-        .find(|pu| pu.os_index() == Some(core))
-        .ok_or_else(|| format!("core {core} is not in this host's topology"))?;
-    let nodeset = pu
-        .nodeset()
-        .ok_or_else(|| format!("hwloc knows no NUMA node for core {core}"))?;
+    let nodeset = nodeset_of(&topology, core)?;
     topology
         .bind_memory(
             nodeset,

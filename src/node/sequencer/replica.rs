@@ -216,7 +216,7 @@ pub struct Replica {
     /// that whoever leads next can include them.
     gossip_out: Vec<alloy_primitives::Bytes>,
     /// Blocks stored under `consensus/block/` (voted for or proposed, not yet settled).
-    stored: std::collections::BTreeSet<(Height, Digest)>,
+    stored: StoredBlocks,
     /// Transactions of our proposals not finalized yet, by digest, with the height.
     own: HashMap<Digest, (Height, Vec<RecoveredTx>)>,
     first_seen: HashMap<Digest, Instant>,
@@ -512,10 +512,10 @@ impl Replica {
             None => genesis_tip,
         };
         // A follower signs nothing: no engine, no vote log.
-        let (engine, votelog) = if follower {
-            (None, None)
+        let (engine, votelog, stored) = if follower {
+            (None, None, StoredBlocks::new())
         } else {
-            let (engine, votelog) = build_engine(
+            let (engine, votelog, stored) = build_engine(
                 &chain.store,
                 &engine_config,
                 &key,
@@ -524,7 +524,7 @@ impl Replica {
                 tip,
                 None,
             )?;
-            (Some(engine), Some(votelog))
+            (Some(engine), Some(votelog), stored)
         };
 
         let mut peer_addrs = Vec::new();
@@ -599,7 +599,7 @@ impl Replica {
             waiting_by_nonce: HashMap::new(),
             gossip_out: Vec::new(),
             own: HashMap::new(),
-            stored: stored_blocks(&chain.store)?,
+            stored,
             first_seen: HashMap::new(),
             sync_blocks: c.sync == ConsensusSync::Always,
             propose_idle: Duration::from_millis(c.propose_idle_ms),
@@ -625,7 +625,8 @@ impl Replica {
 }
 
 /// Opens the vote log (replaying it) and builds an engine anchored at `tip`, with every stored
-/// block above it handed back.
+/// block above it handed back (those at or below it are deleted). Also returns the stored blocks
+/// kept, by height and digest.
 fn build_engine(
     store: &rtchain_state::Store,
     config: &EngineConfig,
@@ -634,7 +635,7 @@ fn build_engine(
     log_config: VoteLogConfig,
     tip: Tip,
     finalization: Option<rtchain_consensus::Certificate>,
-) -> Result<(Engine, VoteLog<FileStorage>), NodeError> {
+) -> Result<(Engine, VoteLog<FileStorage>, StoredBlocks), NodeError> {
     let storage = FileStorage::open(votelog_path, log_config.size_bytes())
         .map_err(|e| NodeError::Recovery(format!("vote log {}: {e}", votelog_path.display())))?;
     let (votelog, replay) = VoteLog::open(storage, log_config, key.verifying_key().as_bytes())
@@ -647,9 +648,13 @@ fn build_engine(
     };
     let mut engine = Engine::new(config.clone(), key.clone(), replay, anchor)
         .map_err(|e| NodeError::Recovery(format!("consensus: {e}")))?;
+    let mut kept = StoredBlocks::new();
     for (k, bytes) in store.consensus_entries(b"block/")? {
         match Msg::decode(&bytes) {
-            Ok(Msg::Block(block)) if block.height() > tip.height => engine.restore_block(*block),
+            Ok(Msg::Block(block)) if block.height() > tip.height => {
+                kept.insert((block.height(), block.digest()));
+                engine.restore_block(*block);
+            }
             Ok(_) => store.delete_consensus(&k)?,
             Err(_) => {
                 tracing::warn!("dropping an undecodable stored block");
@@ -657,8 +662,11 @@ fn build_engine(
             }
         }
     }
-    Ok((engine, votelog))
+    Ok((engine, votelog, kept))
 }
+
+/// Blocks stored under `consensus/block/`, by (height, digest).
+type StoredBlocks = std::collections::BTreeSet<(Height, Digest)>;
 
 impl Sequencer {
     /// The loop of a validator: peers' messages, timers, submissions, proposals.
@@ -955,10 +963,6 @@ impl Sequencer {
     fn finish_interrupted_deliveries(&mut self, rep: &mut Replica) -> Result<bool, NodeError> {
         let mut moved = false;
         loop {
-            let (last_mini, closed) = {
-                let s = self.chain.state.read();
-                (s.last_mini_block, s.closed_head)
-            };
             // Only the block whose delivery was marked as begun: another stored block of the
             // same height (a nullified view's) may share its first mini-block number.
             let Some(marked) = self.chain.store.get_consensus(b"delivering")? else {
@@ -973,10 +977,7 @@ impl Sequencer {
                     && block.parent() == rep.tip.digest
                     && block.digest() == digest
                     && let Ok(records) = decode_payload(block.payload())
-                    && records.iter().any(|r| match r {
-                        LogRecord::MiniBlock(m) => m.number <= last_mini,
-                        LogRecord::Seal { block_number, .. } => *block_number <= closed,
-                    })
+                    && records.iter().any(|r| self.committed(r))
                 {
                     next = Some(*block);
                 }
@@ -996,6 +997,16 @@ impl Sequencer {
                 },
             )?;
             moved = true;
+        }
+    }
+
+    /// Whether a log record is already committed here (by its mini-block or EVM block number):
+    /// how a block partly committed before a crash is recognised.
+    fn committed(&self, record: &LogRecord) -> bool {
+        let s = self.chain.state.read();
+        match record {
+            LogRecord::MiniBlock(m) => m.number <= s.last_mini_block,
+            LogRecord::Seal { block_number, .. } => *block_number <= s.closed_head,
         }
     }
 
@@ -1502,12 +1513,7 @@ impl Sequencer {
             peer = (peer + 1) % rep.n as u16;
         }
         rep.catch_up.next_peer = peer + 1;
-        let from = tip + 1;
-        let mut req = vec![KIND_SYNC_REQUEST];
-        req.extend_from_slice(&from.to_be_bytes());
-        req.extend_from_slice(&(SYNC_BLOCKS_MAX as u16).to_be_bytes());
-        rep.transport.send(&[peer], &req);
-        rep.catch_up.inflight = Some((peer, from, now));
+        send_sync_request(rep, peer, now);
         tracing::info!(
             "behind: delivered height {tip}, finalized height known {known}; fetching from validator {peer}"
         );
@@ -1531,12 +1537,7 @@ impl Sequencer {
         }
         let peer = rep.catch_up.next_peer % rep.n as u16;
         rep.catch_up.next_peer = peer + 1;
-        let from = rep.tip.height + 1;
-        let mut req = vec![KIND_SYNC_REQUEST];
-        req.extend_from_slice(&from.to_be_bytes());
-        req.extend_from_slice(&(SYNC_BLOCKS_MAX as u16).to_be_bytes());
-        rep.transport.send(&[peer], &req);
-        rep.catch_up.inflight = Some((peer, from, now));
+        send_sync_request(rep, peer, now);
         rep.catch_up.last_poll = Some(now);
     }
 
@@ -1673,7 +1674,7 @@ impl Sequencer {
         if rep.is_follower() {
             return Ok(());
         }
-        let (engine, votelog) = build_engine(
+        let (engine, votelog, stored) = build_engine(
             &self.chain.store,
             &rep.engine_config,
             &rep.key,
@@ -1689,6 +1690,7 @@ impl Sequencer {
         let mut out = Vec::new();
         rep.engine.insert(engine).start(&mut out);
         rep.votelog = Some(votelog);
+        rep.stored = stored;
         self.perform(rep, out)
     }
 
@@ -1712,16 +1714,11 @@ impl Sequencer {
                 let records = decode_payload(block.payload()).map_err(|Invalid(why)| {
                     NodeError::Recovery(format!("finalized block: {why}"))
                 })?;
-                let (last_mini, closed) = {
-                    let s = self.chain.state.read();
-                    (s.last_mini_block, s.closed_head)
-                };
-                let applied = |r: &LogRecord| match r {
-                    LogRecord::MiniBlock(m) => m.number <= last_mini,
-                    LogRecord::Seal { block_number, .. } => *block_number <= closed,
-                };
-                let fresh: Vec<LogRecord> =
-                    records.iter().filter(|r| !applied(r)).cloned().collect();
+                let fresh: Vec<LogRecord> = records
+                    .iter()
+                    .filter(|r| !self.committed(r))
+                    .cloned()
+                    .collect();
                 let partly = fresh.len() != records.len();
                 let stub = Block::new(
                     block.view(),
@@ -1963,6 +1960,16 @@ fn decode_final(bytes: &[u8]) -> Option<(Block, Option<rtchain_consensus::Certif
     Some((*block, cert))
 }
 
+/// Asks `peer` for the finalized blocks after our tip; the answer is awaited as `inflight`.
+fn send_sync_request(rep: &mut Replica, peer: u16, now: Instant) {
+    let from = rep.tip.height + 1;
+    let mut req = vec![KIND_SYNC_REQUEST];
+    req.extend_from_slice(&from.to_be_bytes());
+    req.extend_from_slice(&(SYNC_BLOCKS_MAX as u16).to_be_bytes());
+    rep.transport.send(&[peer], &req);
+    rep.catch_up.inflight = Some((peer, from, now));
+}
+
 /// Removes a waiter (and its nonce index entry); its reply, if someone waited.
 fn take_waiter(rep: &mut Replica, hash: &B256, sender: Address, nonce: u64) -> Option<Reply> {
     let waiter = rep.waiting.remove(hash)?;
@@ -1973,20 +1980,6 @@ fn take_waiter(rep: &mut Replica, hash: &B256, sender: Address, nonce: u64) -> O
         }
     }
     Some(waiter.reply)
-}
-
-/// The (height, digest) of every block stored under `consensus/block/`.
-fn stored_blocks(
-    store: &rtchain_state::Store,
-) -> Result<std::collections::BTreeSet<(Height, Digest)>, NodeError> {
-    Ok(store
-        .consensus_entries(b"block/")?
-        .into_iter()
-        .filter_map(|(k, _)| {
-            let height = u64::from_be_bytes(k.get(6..14)?.try_into().ok()?);
-            Some((height, B256::from_slice(k.get(14..46)?)))
-        })
-        .collect())
 }
 
 fn records_txs(records: &[LogRecord]) -> Vec<RecoveredTx> {
