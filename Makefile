@@ -8,14 +8,17 @@ export CARGO_TARGET_DIR
 setup:
 	bash scripts/setup.sh
 
+# The devnet binary is built exactly as the tests build it (same targets, so the same feature
+# set): right after `make test`, `make devnet` compiles nothing.
 devnet: setup
-	cargo run --bin rtchain -- devnet $(ARGS)
+	cargo build --workspace --bins --tests
+	$(CARGO_TARGET_DIR)/debug/rtchain devnet $(ARGS)
 
 test: setup
 	bash scripts/test.sh
 
 build:
-	cargo build --bins --tests
+	cargo build --workspace --bins --tests
 
 fmt:
 	cargo fmt --all
@@ -25,4 +28,5 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 statetest:
-	cargo run --bin rtchain -- statetest ../shared/ethereum-tests/GeneralStateTests
+	cargo build --workspace --bins --tests
+	$(CARGO_TARGET_DIR)/debug/rtchain statetest ../shared/ethereum-tests/GeneralStateTests

@@ -1,20 +1,16 @@
-//! `rtchain`: the real-time EVM L2 validator appliance.
+//! `rtchain`: the real-time EVM L2 validator appliance. This binary is a thin CLI: it parses
+//! arguments and hands them to the crates that do the work.
 //!
-//! Subcommands: `devnet` (a local chain with the embedded dev genesis), `node` (a persistent
-//! node from a TOML config), `statetest` (ethereum/tests through our executor), `bench`.
+//! Subcommands: `devnet` (a local chain with the embedded dev genesis, or a cluster), `node` (a
+//! persistent node from a TOML config), `keys`, `statetest` (ethereum/tests through our
+//! executor), `bench`.
 
-mod bench;
-mod cluster;
-mod config;
-mod keys;
-mod node;
-mod statetest;
-
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-
-use crate::config::NodeConfig;
+use rtchain_bench as bench;
+use rtchain_node::{NodeConfig, devnet, keys};
+use rtchain_statetest as statetest;
 
 #[derive(Parser)]
 #[command(
@@ -215,10 +211,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Devnet(args) => devnet(args).await,
+            Command::Devnet(args) => devnet::run(args.into()).await,
             Command::Node { config } => {
                 let config = NodeConfig::from_toml_file(&config)?;
-                run_node(config, None).await
+                devnet::run_node(config, None).await
             }
             Command::Bench(BenchCommand::Rpc(args)) => bench::run_rpc_bench(args)
                 .await
@@ -230,7 +226,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Exec(args)) => bench::run_exec_bench(args)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            Command::VerifyState { data_dir } => verify_state(&data_dir),
+            Command::VerifyState { data_dir } => devnet::verify_state(&data_dir),
             Command::Keys(KeysCommand::Generate { out }) => keys::generate(&out)
                 .map(|key| println!("{}", keys::public_hex(&key)))
                 .map_err(|e| e.to_string()),
@@ -253,209 +249,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn devnet(args: DevnetArgs) -> Result<(), String> {
-    if args.validators > 1 {
-        return devnet_cluster(args).await;
-    }
-    let (data_dir, _temp) = match args.data_dir {
-        Some(dir) => (dir, None),
-        None => {
-            let temp = tempfile::Builder::new()
-                .prefix("rtchain-devnet-")
-                .tempdir()
-                .map_err(|e| format!("cannot create a temporary data directory: {e}"))?;
-            (temp.path().to_owned(), Some(temp))
-        }
-    };
-    let mut config = NodeConfig {
-        data_dir,
-        ..NodeConfig::default()
-    };
-    config.rpc.addr = args.rpc_addr;
-    config.chain.chain_id = args.chain_id;
-    config.chain.genesis = args.genesis;
-    config.fastpath.listen = args.fastpath_addr;
-    config.fastpath.enabled = !args.no_fastpath;
-    config.sequencer.block_interval_ms = args.block_interval_ms;
-    config.sequencer.idle_block_interval_ms = config
-        .sequencer
-        .idle_block_interval_ms
-        .max(args.block_interval_ms);
-    if args.unsafe_no_sync {
-        eprintln!(
-            "WARNING: --unsafe-no-sync: the mini-block log is not synced; a crash can lose acknowledged transactions"
-        );
-        config.storage.minilog_sync = rtchain_state::minilog::SyncMode::Off;
-    }
-    // The dev accounts are funded only by the built-in dev genesis.
-    let banner = if config.chain.genesis.is_none() {
-        Some(print_dev_accounts as fn())
-    } else {
-        None
-    };
-    run_node(config, banner).await
-}
-
-/// `devnet --validators N`: N `rtchain node` processes on loopback, stopped together.
-async fn devnet_cluster(args: DevnetArgs) -> Result<(), String> {
-    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let (dir, _temp) = cluster::cluster_dir(args.data_dir)?;
-    if args.unsafe_no_sync {
-        eprintln!(
-            "WARNING: --unsafe-no-sync: votes and mini-blocks are not synced; a crash can lose acknowledged transactions and make a validator equivocate"
-        );
-    }
-    let spec = cluster::ClusterSpec {
-        dir: dir.clone(),
-        validators: args.validators,
-        followers: args.followers,
-        chain_id: args.chain_id,
-        genesis: args.genesis.clone(),
-        block_interval_ms: args.block_interval_ms,
-        sync: if args.unsafe_no_sync {
-            config::ConsensusSync::Off
-        } else {
-            config::ConsensusSync::Always
-        },
-        rpc_base_port: args.rpc_addr.port(),
-        netns: args.netns,
-        fastpath_base_port: (!args.no_fastpath).then_some(args.fastpath_addr.port()),
-    };
-    let mut cluster = tokio::task::spawn_blocking(move || cluster::launch(&spec))
-        .await
-        .map_err(|e| e.to_string())??;
-    println!(
-        "rtchain {} cluster of {} validators and {} followers in {}",
-        env!("CARGO_PKG_VERSION"),
-        args.validators,
-        args.followers,
-        dir.display()
-    );
-    if let Some(net) = &cluster.net {
-        println!(
-            "Network: bridge {} ({}/24), one namespace per node",
-            net.bridge, net.bridge_ip
-        );
-    }
-    cluster::print_validators(&cluster.nodes);
-    println!("Chain id: {}", args.chain_id);
-    if args.genesis.is_none() {
-        print_dev_accounts();
-    }
-    tokio::pin!(shutdown);
-    let mut exited = vec![false; cluster.nodes.len()];
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                for v in cluster.nodes.iter_mut() {
-                    if let Some(child) = &mut v.child
-                        && let Ok(Some(status)) = child.try_wait()
-                        && !exited[v.index]
-                    {
-                        exited[v.index] = true;
-                        eprintln!("validator {} exited ({status}); see {}", v.index, v.log_path.display());
-                    }
-                }
-            }
+impl From<DevnetArgs> for devnet::DevnetOptions {
+    fn from(a: DevnetArgs) -> Self {
+        Self {
+            data_dir: a.data_dir,
+            rpc_addr: a.rpc_addr,
+            chain_id: a.chain_id,
+            block_interval_ms: a.block_interval_ms,
+            genesis: a.genesis,
+            unsafe_no_sync: a.unsafe_no_sync,
+            fastpath_addr: a.fastpath_addr,
+            no_fastpath: a.no_fastpath,
+            validators: a.validators,
+            followers: a.followers,
+            netns: a.netns,
         }
     }
-    println!("shutting down");
-    tokio::task::spawn_blocking(move || {
-        for v in &mut cluster.nodes {
-            v.stop(Duration::from_secs(10));
-        }
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// The incremental root must never drift from the flat state: recompute it from scratch over the
-/// committed state (the newest sealed block; mini-blocks only in the log are not applied).
-fn verify_state(data_dir: &std::path::Path) -> Result<(), String> {
-    let store = rtchain_state::Store::open(&data_dir.join("db")).map_err(|e| e.to_string())?;
-    let view = store.view();
-    let head = view
-        .head()
-        .map_err(|e| e.to_string())?
-        .ok_or("the data directory has no chain head")?;
-    let header = view
-        .header(head.number)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("head block {} has no header", head.number))?;
-    let recomputed =
-        rtchain_state::state_root::full_state_root(&view).map_err(|e| e.to_string())?;
-    println!("block {} ({})", head.number, head.hash);
-    println!("stored stateRoot:     {}", header.state_root);
-    println!("recomputed stateRoot: {recomputed}");
-    if recomputed != header.state_root {
-        return Err(format!("state root mismatch at block {}", head.number));
-    }
-    println!("state root OK");
-    Ok(())
-}
-
-fn print_dev_accounts() {
-    use alloy_signer_local::{MnemonicBuilder, coins_bip39::English};
-    println!(
-        "Dev accounts (10,000 ETH each), mnemonic: {}",
-        rtchain_state::genesis::DEV_MNEMONIC
-    );
-    for (i, expected) in rtchain_state::genesis::DEV_ACCOUNTS.iter().enumerate() {
-        let signer = MnemonicBuilder::<English>::default()
-            .phrase(rtchain_state::genesis::DEV_MNEMONIC)
-            .index(i as u32)
-            .and_then(|b| b.build());
-        match signer {
-            Ok(signer) if signer.address() == *expected => {
-                println!(
-                    "({i}) {expected}  private key 0x{}",
-                    alloy_primitives::hex::encode(signer.to_bytes())
-                );
-            }
-            _ => println!("({i}) {expected}"),
-        }
-    }
-}
-
-async fn run_node(config: NodeConfig, banner: Option<fn()>) -> Result<(), String> {
-    // Handlers first: a SIGTERM that arrives while the node starts must stop it cleanly, not
-    // kill it by the default action.
-    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let node = node::Node::start(config).await.map_err(|e| e.to_string())?;
-    let addr = node.rpc.local_addr();
-    let head = node.chain.state.read().head;
-    println!("rtchain {} listening", env!("CARGO_PKG_VERSION"));
-    if let Some(fastpath) = &node.fastpath {
-        println!(
-            "Fast path: udp://{} ({})",
-            fastpath.local_addr, fastpath.backend
-        );
-    }
-    println!("RPC: http://{addr} (WebSocket: ws://{addr})");
-    println!(
-        "Chain id: {}  head block: {} ({})",
-        node.chain.exec.chain_id, head.number, head.hash
-    );
-    if let Some(banner) = banner {
-        banner();
-    }
-    shutdown.await;
-    println!("shutting down");
-    node.stop().await;
-    Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C; the handlers are installed when this returns.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
 }

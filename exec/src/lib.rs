@@ -29,7 +29,10 @@ pub use memory::MemoryState;
 pub use parallel::{BatchStats, ParallelConfig, ParallelExecutor};
 pub use state::{AccountChange, Overlay, StateDiff, StateError, StateReader};
 pub use tx::{TxError, decode_and_recover};
-pub use types::{MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, TxLocation, TxReceipt};
+pub use types::{
+    ChainEvent, MiniBlock, MiniBlockHeader, ReceiptView, RecoveredTx, SealedBlock, TxLocation,
+    TxReceipt,
+};
 
 /// Re-exported so that dependants name one revm.
 pub use revm;

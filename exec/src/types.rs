@@ -1,6 +1,8 @@
 //! Chain data as the node stores and serves it: transactions with their recovered sender,
 //! receipts with what RPC needs beyond the consensus receipt, mini-blocks and sealed EVM blocks.
 
+use std::sync::Arc;
+
 use alloy_consensus::{Header, ReceiptEnvelope, TxEnvelope};
 use alloy_primitives::{Address, B256, Bytes};
 use serde::{Deserialize, Serialize};
@@ -101,4 +103,21 @@ pub struct SealedBlock {
     pub receipts: Vec<TxReceipt>,
     /// Mini-blocks sealed into this block (inclusive range).
     pub mini_blocks: std::ops::RangeInclusive<u64>,
+}
+
+/// A receipt with its transaction and where it sits (`location.block_hash` is `None` while the
+/// receipt is preconfirmed: executed, its EVM block not sealed yet).
+#[derive(Debug, Clone)]
+pub struct ReceiptView {
+    pub tx: RecoveredTx,
+    pub receipt: TxReceipt,
+    pub location: TxLocation,
+}
+
+/// What the chain announces as it grows: every executed mini-block, then every sealed EVM block
+/// (subscriptions, filters, receipt waiters).
+#[derive(Debug, Clone)]
+pub enum ChainEvent {
+    MiniBlock(Arc<MiniBlock>),
+    Block(Arc<SealedBlock>),
 }

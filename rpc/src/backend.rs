@@ -8,8 +8,21 @@ use alloy_rpc_types_eth::{
     AccessList, BlockOverrides, EIP1186AccountProofResponse, Filter, Log, TransactionRequest,
     state::StateOverride,
 };
-use rtchain_exec::types::{MiniBlock, RecoveredTx, SealedBlock, TxLocation, TxReceipt};
+pub use rtchain_exec::types::{ChainEvent, ReceiptView};
+use rtchain_exec::types::{RecoveredTx, SealedBlock, TxLocation};
 use tokio::sync::{broadcast, oneshot};
+
+/// What a synchronous send waits on: the transaction's receipt once it executed, the backend's
+/// refusal if it was dropped after admission (another transaction took its nonce, the node
+/// stopped...), or `None` if the node gave no answer at all.
+pub type ReceiptWait = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<Result<ReceiptView, BackendError>>> + Send>,
+>;
+
+/// A [`ReceiptWait`] on a oneshot channel: a sender dropped without an answer is `None`.
+pub fn wait_on(receiver: oneshot::Receiver<Result<ReceiptView, BackendError>>) -> ReceiptWait {
+    Box::pin(async move { receiver.await.ok() })
+}
 
 /// Which state a read sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +55,6 @@ pub struct TxView {
     pub location: Option<TxLocation>,
 }
 
-/// A receipt with its transaction and location (`location.block_hash` is `None` while the
-/// receipt is preconfirmed).
-#[derive(Debug, Clone)]
-pub struct ReceiptView {
-    pub tx: RecoveredTx,
-    pub receipt: TxReceipt,
-    pub location: TxLocation,
-}
-
 /// Result of a simulated call (eth_call, eth_estimateGas, eth_createAccessList).
 #[derive(Debug, Clone)]
 pub enum CallOutcome {
@@ -63,13 +67,6 @@ pub enum CallOutcome {
     Revert { gas_used: u64, output: Bytes },
     /// The call halted (out of gas, invalid opcode, ...); `reason` is human-readable.
     Halt { gas_used: u64, reason: String },
-}
-
-/// Events pushed to subscribers (eth_subscribe newHeads, logs, miniBlocks; filters).
-#[derive(Debug, Clone)]
-pub enum ChainEvent {
-    MiniBlock(Arc<MiniBlock>),
-    Block(Arc<SealedBlock>),
 }
 
 /// Why the backend refused a request. The RPC layer maps each to geth's code and message.
@@ -169,12 +166,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Validates and queues a raw EIP-2718 transaction; returns its hash.
     fn send_raw_transaction(&self, raw: Bytes) -> Result<B256, BackendError>;
-    /// Like `send_raw_transaction`, plus a channel that yields the preconfirmed receipt as soon
-    /// as the transaction's mini-block is executed and durable (or an error if it was dropped).
+    /// Like `send_raw_transaction`, plus a future that yields the receipt as soon as the
+    /// transaction's mini-block is executed and durable (or why it was dropped).
     fn send_raw_transaction_with_receipt(
         &self,
         raw: Bytes,
-    ) -> Result<(B256, oneshot::Receiver<Result<ReceiptView, BackendError>>), BackendError>;
+    ) -> Result<(B256, ReceiptWait), BackendError>;
 
     /// EIP-1186 proof against the state root of a sealed block (only the head is kept).
     fn proof(

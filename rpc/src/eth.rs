@@ -751,17 +751,17 @@ async fn send_raw_transaction_sync(
         .send_raw_transaction_with_receipt(raw)
         .map_err(from_backend)?;
     match tokio::time::timeout(wait, receipt).await {
-        Ok(Ok(Ok(view))) if view.tx.hash == hash => Ok(realtime_receipt(&view)),
-        Ok(Ok(Ok(view))) => Err(internal_error(format!(
+        Ok(Some(Ok(view))) if view.tx.hash == hash => Ok(realtime_receipt(&view)),
+        Ok(Some(Ok(view))) => Err(internal_error(format!(
             "backend answered the receipt of {} for {hash}",
             view.tx.hash
         ))),
-        Ok(Ok(Err(err))) => Err(ErrorObject::owned(
+        Ok(Some(Err(err))) => Err(ErrorObject::owned(
             code::SYNC_NOT_PROCESSED,
             err.to_string(),
             Some(hash),
         )),
-        Ok(Err(_dropped)) => Err(ErrorObject::owned(
+        Ok(None) => Err(ErrorObject::owned(
             code::SYNC_NOT_PROCESSED,
             "the transaction was accepted but dropped before execution",
             Some(hash),

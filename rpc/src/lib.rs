@@ -30,7 +30,8 @@ use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 use jsonrpsee::server::{BatchRequestConfig, Server, ServerConfig, ServerHandle};
 
 pub use backend::{
-    Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, StateAt, TxView,
+    Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, ReceiptWait, StateAt,
+    TxView, wait_on,
 };
 pub use error::RpcError;
 

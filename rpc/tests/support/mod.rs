@@ -26,8 +26,8 @@ use rtchain_exec::types::{
     MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, TxLocation, TxReceipt,
 };
 use rtchain_rpc::{
-    Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, RpcConfig, RpcHandle,
-    StateAt, TxView,
+    Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, ReceiptWait, RpcConfig,
+    RpcHandle, StateAt, TxView, wait_on,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -538,8 +538,9 @@ impl Backend for TestBackend {
     fn send_raw_transaction_with_receipt(
         &self,
         raw: Bytes,
-    ) -> Result<(B256, oneshot::Receiver<Result<ReceiptView, BackendError>>), BackendError> {
+    ) -> Result<(B256, ReceiptWait), BackendError> {
         let (sender, receiver) = oneshot::channel();
+        let receiver = wait_on(receiver);
         match raw.as_ref() {
             // Accepted but never executed: the caller times out.
             [0x03] => {

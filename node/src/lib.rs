@@ -1,18 +1,38 @@
-//! A single-validator node assembled from the crates: storage, the sequencer thread that cuts,
-//! executes and logs mini-blocks and seals EVM blocks, and the JSON-RPC backend.
+//! The running rtchain node: opens the data directory, replays the mini-block log, starts the
+//! sequencer (alone, or driven by the replica as a validator or follower), the UDP fast path
+//! and the JSON-RPC server, and stops them in order.
+//!
+//! Where to start reading (see README.md for the whole map):
+//! - [`Node::start`]: how the parts are wired;
+//! - [`outcome`] and [`admission`]: the one typed boundary both doors (JSON-RPC, UDP) adapt;
+//! - [`sequencer`]: mini-blocks, the log, EVM blocks and the sealer;
+//! - [`replica`]: BFT replication on the sequencer's thread.
+//!
+//! This crate names the execution, storage, consensus, RPC and dataplane crates; none of them
+//! names it. Its core (sequencer, replica, chain) never names the RPC crate: only
+//! `rpc_backend`, the JSON-RPC adapter, does.
 
-mod backend;
-mod chain;
+pub mod admission;
+pub mod chain;
+pub mod cluster;
+pub mod config;
+pub mod devnet;
 pub mod fastpath;
-mod sequencer;
-mod transport;
+pub mod keys;
+pub mod outcome;
+pub mod pool;
+pub mod replica;
+pub mod rpc_backend;
+pub mod sequencer;
+pub mod transport;
 
 use std::sync::Arc;
 
-pub use backend::NodeBackend;
 pub use chain::Chain;
+pub use config::NodeConfig;
+pub use rpc_backend::NodeBackend;
 
-use crate::config::NodeConfig;
+use crate::{outcome::Answers, replica::Replica, sequencer::Sequencer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -37,7 +57,7 @@ pub enum NodeError {
     },
 }
 
-/// A running node: the sequencer thread and the RPC server.
+/// A running node: the sequencer thread, the fast path and the RPC server.
 pub struct Node {
     pub chain: Arc<Chain>,
     pub rpc: rtchain_rpc::RpcHandle,
@@ -60,19 +80,24 @@ impl Node {
         let (chain, recovered) = chain::open(&config)?;
         let chain = Arc::new(chain);
         let backend = Arc::new(NodeBackend::new(chain.clone()));
-        // The fast path starts first: the sequencer needs its reply rings.
+        // The fast path starts first: the sequencer answers through its reply rings.
         let (fastpath, answers) = if config.fastpath.enabled {
             let (fastpath, answers) =
-                fastpath::start(&config.fastpath, &config.cores, backend.clone())?;
+                fastpath::start(&config.fastpath, &config.cores, chain.clone())?;
             backend.set_fastpath_stats(fastpath.stats_handle());
             (Some(fastpath), answers)
         } else {
-            (None, fastpath::Answers::none())
+            (None, Answers::none())
         };
-        let (sequencer, consensus) = sequencer::spawn(chain.clone(), recovered, answers, &config)?;
-        if let Some(stats) = consensus {
-            backend.set_consensus_stats(stats);
-        }
+        let sequencer = Sequencer::open(chain.clone(), recovered, answers, &config)?;
+        let core = config.cores.sequencer;
+        let tile = if config.consensus.enabled() {
+            let replica = Replica::open(&config, &chain)?;
+            backend.set_consensus_stats(replica.stats());
+            sequencer::spawn(sequencer, core, move |seq| replica.run(seq))?
+        } else {
+            sequencer::spawn(sequencer, core, Sequencer::run)?
+        };
         let rpc_config = rtchain_rpc::RpcConfig {
             addr: config.rpc.addr,
             max_connections: config.rpc.max_connections,
@@ -94,7 +119,7 @@ impl Node {
             chain,
             rpc,
             fastpath,
-            sequencer: Some(sequencer),
+            sequencer: Some(tile),
         })
     }
 

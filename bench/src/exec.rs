@@ -39,7 +39,8 @@ use super::error::BenchError;
 use super::report::{Machine, current_commit, emit_line, utc_timestamp};
 use super::rpc::TOKEN_ARTIFACT_DEFAULT;
 
-const AMM_ARTIFACT_DEFAULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contracts/out/Amm.json");
+const AMM_ARTIFACT_DEFAULT: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts/out/Amm.json");
 
 /// Pre-signed transactions of one run. Each holds its raw bytes and its recovered form, a few
 /// hundred bytes: the bound keeps a run under ~1 GiB.

@@ -1,9 +1,10 @@
-//! The node's answers to RPC: reads from the newest state (layers over RocksDB), sealed blocks
-//! (memory for recent ones, RocksDB otherwise), and the transaction path into the sequencer.
+//! The JSON-RPC adapter: implements the RPC crate's `Backend` over the chain: reads from the
+//! newest state (layers over RocksDB), sealed blocks (memory for recent ones, RocksDB
+//! otherwise), and the transaction path through [`admission`], whose typed answers it maps to
+//! the RPC crate's errors (and so to geth's codes and texts).
 
 use std::sync::Arc;
 
-use alloy_consensus::Transaction as _;
 use alloy_primitives::{Address, B256, Bytes, TxKind, U256};
 use alloy_rpc_types_eth::{
     AccessList, BlockOverrides, EIP1186AccountProofResponse, EIP1186StorageProof, Filter, Log,
@@ -19,22 +20,53 @@ use rtchain_exec::{
         primitives::KECCAK_EMPTY,
     },
     state::Overlay,
-    tx::decode_and_recover,
 };
 use rtchain_rpc::backend::{
-    Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, StateAt, TxView,
+    Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, ReceiptWait, StateAt,
+    TxView,
 };
 use rtchain_state::store::StoreError;
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::chain::{Chain, Reply, Submission};
+use crate::{
+    admission,
+    chain::Chain,
+    fastpath::StatsHandle,
+    outcome::{Outcome, Rejection, ReplySink},
+    replica::ConsensusStats,
+};
 
 pub struct NodeBackend {
     chain: Arc<Chain>,
     /// Set once the fast path runs: its counters for `rtchain_nodeStats`.
-    fastpath: std::sync::OnceLock<super::fastpath::StatsHandle>,
+    fastpath: std::sync::OnceLock<StatsHandle>,
     /// Set when this node is a validator: replication counters for `rtchain_nodeStats`.
-    consensus: std::sync::OnceLock<Arc<super::sequencer::ConsensusStats>>,
+    consensus: std::sync::OnceLock<Arc<ConsensusStats>>,
+}
+
+/// A refusal as the RPC crate reports it: geth's code (-32000 for every transaction refusal,
+/// -32603 for an internal failure) and geth's text.
+fn backend_error(rejection: Rejection) -> BackendError {
+    match rejection {
+        Rejection::Invalid(_) | Rejection::Replaced { .. } => {
+            BackendError::InvalidTransaction(rejection.to_string())
+        }
+        Rejection::AlreadyKnown => BackendError::AlreadyKnown,
+        Rejection::PoolFull | Rejection::NonceGapFull { .. } => {
+            BackendError::PoolFull(rejection.to_string())
+        }
+        Rejection::Unavailable(why) => BackendError::Unavailable(why.to_string()),
+        Rejection::Internal(why) => BackendError::Internal(why),
+    }
+}
+
+/// What a synchronous sender hears: the receipt, or why the node dropped the transaction.
+fn receipt_result(outcome: Outcome) -> Result<ReceiptView, BackendError> {
+    match outcome {
+        Outcome::Executed(view) => Ok(view),
+        Outcome::Rejected(rejection) => Err(backend_error(rejection)),
+        Outcome::Failed(failure) => Err(BackendError::Unavailable(failure.to_string())),
+    }
 }
 
 impl NodeBackend {
@@ -46,11 +78,11 @@ impl NodeBackend {
         }
     }
 
-    pub fn set_consensus_stats(&self, stats: Arc<super::sequencer::ConsensusStats>) {
+    pub fn set_consensus_stats(&self, stats: Arc<ConsensusStats>) {
         let _ = self.consensus.set(stats);
     }
 
-    pub fn set_fastpath_stats(&self, stats: super::fastpath::StatsHandle) {
+    pub fn set_fastpath_stats(&self, stats: StatsHandle) {
         let _ = self.fastpath.set(stats);
     }
 
@@ -79,60 +111,6 @@ impl NodeBackend {
     ) -> Result<Option<rtchain_exec::revm::state::AccountInfo>, BackendError> {
         self.check_state_at(at)?;
         self.chain.latest_state().account(address).map_err(internal)
-    }
-
-    /// Stateless checks and sender recovery, then the checks against the newest state that
-    /// geth's pool makes, so that `eth_sendRawTransaction` reports them at once. The sequencer
-    /// checks again when it executes.
-    /// Returns the transaction and its sender's nonce in the newest state.
-    pub(super) fn admit(
-        &self,
-        raw: &[u8],
-    ) -> Result<(rtchain_exec::RecoveredTx, u64), BackendError> {
-        let tx = decode_and_recover(raw, &self.chain.exec)
-            .map_err(|e| BackendError::InvalidTransaction(e.to_string()))?;
-        let state = self.chain.latest_state();
-        let account = state
-            .account(tx.sender)
-            .map_err(internal)?
-            .unwrap_or_default();
-        let nonce = tx.envelope.nonce();
-        if nonce < account.nonce {
-            return Err(BackendError::InvalidTransaction(format!(
-                "nonce too low: address {}, tx: {nonce} state: {}",
-                tx.sender, account.nonce
-            )));
-        }
-        let max_cost = U256::from(tx.envelope.gas_limit())
-            * U256::from(tx.envelope.max_fee_per_gas())
-            + tx.envelope.value();
-        if account.balance < max_cost {
-            return Err(BackendError::InvalidTransaction(format!(
-                "insufficient funds for gas * price + value: address {} have {} want {max_cost}",
-                tx.sender, account.balance
-            )));
-        }
-        if account.code_hash != KECCAK_EMPTY {
-            let code = state.code(account.code_hash).map_err(internal)?;
-            // EIP-7702 delegated accounts may still send; real contracts may not (EIP-3607).
-            if !code.is_some_and(|c| c.is_eip7702()) {
-                return Err(BackendError::InvalidTransaction(format!(
-                    "sender not an eoa: address {}",
-                    tx.sender
-                )));
-            }
-        }
-        if self.chain.state.read().preconfirmed.contains_key(&tx.hash)
-            || self
-                .chain
-                .store
-                .tx_index(tx.hash)
-                .map_err(internal)?
-                .is_some()
-        {
-            return Err(BackendError::AlreadyKnown);
-        }
-        Ok((tx, account.nonce))
     }
 
     fn block_context(&self, overrides: Option<&BlockOverrides>) -> BlockContext {
@@ -330,7 +308,7 @@ impl Backend for NodeBackend {
             "head": state.head.number,
             "miniBlock": state.last_mini_block,
             "pool": { "pending": pending, "senders": queued_senders },
-            "fastpath": self.fastpath.get().map(super::fastpath::StatsHandle::to_json),
+            "fastpath": self.fastpath.get().map(StatsHandle::to_json),
             "consensus": self.consensus.get().map(|c| c.to_json()),
         })
     }
@@ -646,28 +624,18 @@ impl Backend for NodeBackend {
     }
 
     fn send_raw_transaction(&self, raw: Bytes) -> Result<B256, BackendError> {
-        let (tx, state_nonce) = self.admit(&raw)?;
-        let hash = tx.hash;
-        self.chain
-            .submit(Submission { tx, reply: None }, state_nonce)?;
-        Ok(hash)
+        admission::submit(&self.chain, &raw, |_| None).map_err(backend_error)
     }
 
     fn send_raw_transaction_with_receipt(
         &self,
         raw: Bytes,
-    ) -> Result<(B256, oneshot::Receiver<Result<ReceiptView, BackendError>>), BackendError> {
-        let (tx, state_nonce) = self.admit(&raw)?;
-        let hash = tx.hash;
+    ) -> Result<(B256, ReceiptWait), BackendError> {
         let (reply, receiver) = oneshot::channel();
-        self.chain.submit(
-            Submission {
-                tx,
-                reply: Some(Reply::Rpc(reply)),
-            },
-            state_nonce,
-        )?;
-        Ok((hash, receiver))
+        let hash = admission::submit(&self.chain, &raw, |_| Some(ReplySink::Rpc(reply)))
+            .map_err(backend_error)?;
+        let wait: ReceiptWait = Box::pin(async move { receiver.await.ok().map(receipt_result) });
+        Ok((hash, wait))
     }
 
     fn proof(
@@ -743,5 +711,151 @@ impl Backend for NodeBackend {
 
     fn sealed_watch(&self) -> Option<watch::Receiver<u64>> {
         Some(self.chain.sealed.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_primitives::{Address, U256};
+    use rtchain_exec::TxError;
+    use rtchain_wire::RejectCode;
+
+    use super::*;
+    use crate::{fastpath::reject_code, outcome::Unavailable};
+
+    /// Both doors answer every refusal from the one enum: the wire code and the JSON-RPC error
+    /// (kind and geth's text) for each reason, side by side.
+    #[test]
+    fn every_rejection_maps_to_one_wire_code_and_one_rpc_error() {
+        let a = Address::repeat_byte(7);
+        let cases: Vec<(Rejection, RejectCode, &str)> = vec![
+            (
+                TxError::NonceTooLow {
+                    address: a,
+                    tx: 1,
+                    state: 3,
+                }
+                .into(),
+                RejectCode::NonceTooLow,
+                "nonce too low: address 0x0707070707070707070707070707070707070707, tx: 1 state: 3",
+            ),
+            (
+                TxError::InsufficientFunds {
+                    address: a,
+                    have: U256::from(1),
+                    want: U256::from(2),
+                }
+                .into(),
+                RejectCode::InsufficientFunds,
+                "insufficient funds for gas * price + value: address 0x0707070707070707070707070707070707070707 have 1 want 2",
+            ),
+            (
+                TxError::IntrinsicGasTooLow {
+                    have: 1,
+                    want: 21000,
+                }
+                .into(),
+                RejectCode::IntrinsicGas,
+                "intrinsic gas too low: have 1, want 21000",
+            ),
+            (
+                TxError::WrongChainId { have: 1, want: 2 }.into(),
+                RejectCode::WrongChainId,
+                "invalid chain id for signer: have 1 want 2",
+            ),
+            (
+                TxError::Unprotected.into(),
+                RejectCode::WrongChainId,
+                "only replay-protected (EIP-155) transactions allowed over RPC",
+            ),
+            (
+                TxError::InvalidSignature.into(),
+                RejectCode::InvalidSignature,
+                "invalid transaction v, r, s values",
+            ),
+            (
+                TxError::GasLimitExceeded.into(),
+                RejectCode::GasLimit,
+                "exceeds block gas limit",
+            ),
+            (
+                TxError::FeeCapTooLow {
+                    address: a,
+                    max_fee: 1,
+                    base_fee: 2,
+                }
+                .into(),
+                RejectCode::FeeTooLow,
+                "max fee per gas less than block base fee: address 0x0707070707070707070707070707070707070707, maxFeePerGas: 1, baseFee: 2",
+            ),
+            (
+                TxError::Oversized { size: 9, limit: 8 }.into(),
+                RejectCode::Oversized,
+                "oversized data: transaction size 9, limit 8",
+            ),
+            (
+                TxError::BlobNotSupported.into(),
+                RejectCode::UnsupportedTxType,
+                "transaction type not supported: blob (EIP-4844) transactions are not accepted by this chain",
+            ),
+            (
+                TxError::Decode("bad".into()).into(),
+                RejectCode::Malformed,
+                "rlp: bad",
+            ),
+            (
+                TxError::SenderNotEoa(a).into(),
+                RejectCode::Other,
+                "sender not an eoa: address 0x0707070707070707070707070707070707070707",
+            ),
+            (
+                Rejection::AlreadyKnown,
+                RejectCode::AlreadyKnown,
+                "already known",
+            ),
+            (
+                Rejection::PoolFull,
+                RejectCode::TxpoolFull,
+                "txpool is full",
+            ),
+            (
+                Rejection::NonceGapFull {
+                    sender: a,
+                    limit: 64,
+                    next_nonce: 5,
+                },
+                RejectCode::NonceGap,
+                "txpool is full: sender 0x0707070707070707070707070707070707070707 has 64 queued transactions waiting for nonce 5 (the per-sender limit)",
+            ),
+            (
+                Rejection::Replaced { nonce: 4, by: None },
+                RejectCode::NonceTooLow,
+                "replaced by a transaction with the same nonce",
+            ),
+            (
+                Rejection::Unavailable(Unavailable::ShuttingDown),
+                RejectCode::Unavailable,
+                "node unavailable: node is shutting down",
+            ),
+        ];
+        for (rejection, code, text) in cases {
+            assert_eq!(reject_code(&rejection), code, "{rejection:?}");
+            assert_eq!(rejection.to_string(), text);
+            let rpc = backend_error(rejection.clone());
+            let expected_kind = match &rejection {
+                Rejection::AlreadyKnown => matches!(rpc, BackendError::AlreadyKnown),
+                Rejection::PoolFull | Rejection::NonceGapFull { .. } => {
+                    matches!(&rpc, BackendError::PoolFull(t) if t == text)
+                }
+                Rejection::Unavailable(_) => {
+                    matches!(&rpc, BackendError::Unavailable(_)) && rpc.to_string() == text
+                }
+                Rejection::Internal(_) => matches!(rpc, BackendError::Internal(_)),
+                Rejection::Invalid(_) | Rejection::Replaced { .. } => {
+                    matches!(&rpc, BackendError::InvalidTransaction(t) if t == text)
+                }
+            };
+            assert!(expected_kind, "{rejection:?} -> {rpc:?}");
+        }
     }
 }

@@ -164,6 +164,9 @@ pub enum BackendKind {
     IoUring,
 }
 
+/// Verify tiles at most (each owns a thread and two 6 MiB rings).
+pub const MAX_VERIFY_TILES: usize = 64;
+
 /// `[fastpath]` in the node config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -282,10 +285,9 @@ impl NodeConfig {
         }
         self.cores.validate().map_err(|e| e.to_string())?;
         let f = &self.fastpath;
-        if f.verify_tiles > crate::node::fastpath::MAX_VERIFY_TILES {
+        if f.verify_tiles > MAX_VERIFY_TILES {
             return Err(format!(
-                "fastpath.verify_tiles must be between 0 (verify on the net tile) and {}",
-                crate::node::fastpath::MAX_VERIFY_TILES
+                "fastpath.verify_tiles must be between 0 (verify on the net tile) and {MAX_VERIFY_TILES}"
             ));
         }
         if f.max_datagrams_per_source_per_sec < 10 {
@@ -334,7 +336,8 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses_to_the_defaults() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/node.example.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/node.example.toml");
         let parsed = NodeConfig::from_toml_file(&path).expect("docs/node.example.toml parses");
         let defaults = NodeConfig::default();
         assert_eq!(

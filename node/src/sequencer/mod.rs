@@ -1,17 +1,24 @@
 //! The sequencer: one thread that cuts mini-blocks as soon as transactions wait, executes them,
-//! makes them durable in the mini-block log, answers their receipts, and closes EVM blocks; and
-//! the sealer beside it, which computes each closed block's state root, writes it to RocksDB and
-//! publishes it.
+//! makes them durable in the mini-block log, answers their outcomes, and closes EVM blocks; and
+//! the sealer beside it ([`sealer`]), which computes each closed block's state root, writes it
+//! to RocksDB and publishes it.
 //!
-//! The sequencer's loop never sleeps on a fixed period: it blocks on the ingress queue until a
-//! transaction arrives or the open block's seal is due, so a lone transaction executes as soon as
-//! it lands. Closing a block costs one log write; the trie and RocksDB work happens on the sealer
-//! thread, so the next block's mini-blocks execute meanwhile. Everything the next block needs
-//! from its parent is known at close (see `ParentInfo`); BLOCKHASH of a block still being sealed
-//! waits for it, so results never depend on timing.
+//! Alone, the sequencer drives itself ([`Sequencer::run`]): its loop never sleeps on a fixed
+//! period; it blocks on the ingress queue until a transaction arrives or the open block's seal
+//! is due, so a lone transaction executes as soon as it lands. As a validator, the replica
+//! (`crate::replica`) drives it through the interface at the end of this file: the ready
+//! queue, speculative execution on a parent's state, and committing finalized mini-blocks and
+//! seals.
+//!
+//! Closing a block costs one log write; the trie and RocksDB work happens on the sealer thread,
+//! so the next block's mini-blocks execute meanwhile. Everything the next block needs from its
+//! parent is known at close (see `ParentInfo`); BLOCKHASH of a block still being sealed waits
+//! for it, so results never depend on timing.
+
+mod sealer;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{
         Arc,
         mpsc::{SyncSender, sync_channel},
@@ -20,35 +27,32 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy_consensus::{EMPTY_OMMER_ROOT_HASH, Header, Transaction as _};
-use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
-use alloy_primitives::{Address, B256, Bloom, Bytes};
-use alloy_trie::EMPTY_ROOT_HASH;
+use alloy_consensus::Transaction as _;
+use alloy_primitives::{Address, B256};
 use rtchain_dataplane::tile::{CoreMap, TileHandle};
 use rtchain_exec::{
-    BlockContext, MiniBlock, MiniBlockHeader, ParallelConfig, ParallelExecutor, RecoveredTx,
-    SealedBlock, StateDiff, TxError, TxLocation, TxOutcome, TxReceipt, receipt,
+    BatchResult, BlockContext, ChainEvent, MiniBlock, MiniBlockHeader, ParallelConfig,
+    ParallelExecutor, ReceiptView, RecoveredTx, StateDiff, StateError, TxError, TxLocation,
+    TxOutcome, TxReceipt, receipt,
 };
-use rtchain_rpc::backend::{BackendError, ChainEvent, ReceiptView};
-use rtchain_state::{
-    Layers, LogRecord, MiniLog, MiniLogError, minilog::MiniBlockRecord, store::BlockCommit,
-};
+use rtchain_state::{Layers, LogRecord, MiniLog, MiniLogError, minilog::MiniBlockRecord};
 
-use super::{
+use self::sealer::{ClosedBlock, Sealer};
+use crate::{
     NodeError,
-    chain::{Chain, ParentInfo, Recovered, Reply, Submission, next_block_context, now_us},
-    fastpath::Answers,
+    chain::{Chain, ParentInfo, Recovered, next_block_context, now_us},
+    outcome::{Answers, Failure, Outcome, Rejection, ReplySink, Submission},
 };
-
-mod replica;
-
-pub use replica::ConsensusStats;
 
 /// Room kept in the mini-block log for the open block's seal record.
 const SEAL_RESERVE_BYTES: usize = 256;
 
 /// How long the loop waits for work before checking for shutdown and idle blocks.
 const MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// Bound on closed blocks waiting for the sealer: beyond it the sequencer waits, so a slow disk
+/// slows execution instead of growing memory.
+const MAX_BLOCKS_IN_FLIGHT: usize = 8;
 
 /// The open EVM block: its context and everything its mini-blocks produced.
 struct OpenBlock {
@@ -64,7 +68,48 @@ struct OpenBlock {
     logs: u64,
 }
 
-struct Sequencer {
+/// The open block as the replica needs it to continue it: context, opening time, and what its
+/// mini-blocks have used so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenState {
+    pub ctx: BlockContext,
+    pub opened_at_us: u64,
+    pub gas_used: u64,
+    pub logs: u64,
+}
+
+/// A mini-block's number, time and receipts root as some record gives them.
+#[derive(Clone, Copy, Debug)]
+struct Logged {
+    number: u64,
+    timestamp_us: u64,
+    receipts_root: B256,
+}
+
+/// Where a mini-block being committed comes from, which decides what is checked, logged and
+/// answered.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// Cut and executed here just now: numbered and timed now, logged, answered.
+    New,
+    /// Re-executed from the mini-block log after a restart: must give the logged result; not
+    /// logged again; nobody waits for it.
+    Replayed(Logged),
+    /// A finalized consensus block's mini-block: must give the finalized result; logged;
+    /// answered to whoever waits here.
+    Finalized(Logged),
+}
+
+impl Origin {
+    fn logged(self) -> Option<Logged> {
+        match self {
+            Origin::New => None,
+            Origin::Replayed(l) | Origin::Finalized(l) => Some(l),
+        }
+    }
+}
+
+pub struct Sequencer {
     chain: Arc<Chain>,
     minilog: MiniLog,
     ingress: crossbeam_channel::Receiver<Submission>,
@@ -88,98 +133,81 @@ struct Sequencer {
     executor: ParallelExecutor,
 }
 
-/// A block closed by the sequencer, waiting for its state root, header and commit.
-struct ClosedBlock {
-    ctx: BlockContext,
-    first_mini: u64,
-    last_mini: u64,
-    last_mini_hash: B256,
-    txs: Vec<RecoveredTx>,
-    receipts: Vec<TxReceipt>,
-    minis: Vec<u64>,
-    diff: StateDiff,
-    gas_used: u64,
+impl Sequencer {
+    /// Builds the sequencer over the opened chain, replays the mini-block log after the
+    /// committed head, and starts the sealer thread.
+    pub fn open(
+        chain: Arc<Chain>,
+        recovered: Recovered,
+        answers: Answers,
+        config: &crate::config::NodeConfig,
+    ) -> Result<Self, NodeError> {
+        let executor = executor(chain.sequencer.exec_threads, &config.cores)?;
+        let durable_mini = chain.state.read().head.last_mini_block;
+        let mut sequencer = Sequencer {
+            sealer: Some(Sealer::new(chain.clone())),
+            chain,
+            minilog: recovered.minilog,
+            ingress: recovered.ingress,
+            open: None,
+            queued: HashMap::new(),
+            queued_total: 0,
+            ready: VecDeque::new(),
+            durable_mini,
+            last_seal: Instant::now(),
+            to_sealer: None,
+            sealer_thread: None,
+            answers,
+            executor,
+        };
+        sequencer.replay(recovered.replay)?;
+        let mut sealer = sequencer
+            .sealer
+            .take()
+            .expect("sealer present until started");
+        let (to_sealer, closed_blocks) = sync_channel::<ClosedBlock>(MAX_BLOCKS_IN_FLIGHT);
+        let sealer_chain = sequencer.chain.clone();
+        let sealer_thread = std::thread::Builder::new()
+            .name("sealer".into())
+            .spawn(move || {
+                for closed in closed_blocks {
+                    if let Err(e) = sealer.seal(closed) {
+                        tracing::error!("sealer stopped: {e}");
+                        sealer_chain.shutdown();
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| NodeError::Recovery(format!("cannot start the sealer thread: {e}")))?;
+        sequencer.to_sealer = Some(to_sealer);
+        sequencer.sealer_thread = Some(sealer_thread);
+        Ok(sequencer)
+    }
 }
 
-/// Bound on closed blocks waiting for the sealer: beyond it the sequencer waits, so a slow disk
-/// slows execution instead of growing memory.
-const MAX_BLOCKS_IN_FLIGHT: usize = 8;
-
-/// Starts the sequencer (and, with `[consensus]` validators, its replication); returns its tile
-/// and the replication counters.
+/// Runs the sequencer on its tile (pinned to `core`), driven by `drive`: [`Sequencer::run`]
+/// alone, or the replica's loop. When `drive` returns, everything still waiting is answered as
+/// failed and the sealer finishes what was closed.
 pub fn spawn(
-    chain: Arc<Chain>,
-    recovered: Recovered,
-    answers: Answers,
-    config: &crate::config::NodeConfig,
-) -> Result<(TileHandle<()>, Option<Arc<ConsensusStats>>), NodeError> {
-    let cores = &config.cores;
-    let core = cores.sequencer;
-    let executor = executor(chain.sequencer.exec_threads, cores)?;
-    let durable_mini = chain.state.read().head.last_mini_block;
-    let chain_for_sealer = chain.clone();
-    let mut sequencer = Sequencer {
-        chain,
-        minilog: recovered.minilog,
-        ingress: recovered.ingress,
-        open: None,
-        queued: HashMap::new(),
-        queued_total: 0,
-        ready: VecDeque::new(),
-        durable_mini,
-        last_seal: Instant::now(),
-        sealer: Some(Sealer::new(chain_for_sealer)),
-        to_sealer: None,
-        sealer_thread: None,
-        answers,
-        executor,
-    };
-    sequencer.replay(recovered.replay)?;
-    let mut sealer = sequencer
-        .sealer
-        .take()
-        .expect("sealer present until started");
-    let (to_sealer, closed_blocks) = sync_channel::<ClosedBlock>(MAX_BLOCKS_IN_FLIGHT);
-    let sealer_chain = sequencer.chain.clone();
-    let sealer_thread = std::thread::Builder::new()
-        .name("sealer".into())
-        .spawn(move || {
-            for closed in closed_blocks {
-                if let Err(e) = sealer.seal(closed) {
-                    tracing::error!("sealer stopped: {e}");
-                    sealer_chain.shutdown();
-                    return;
-                }
-            }
-        })
-        .map_err(|e| NodeError::Recovery(format!("cannot start the sealer thread: {e}")))?;
-    sequencer.to_sealer = Some(to_sealer);
-    sequencer.sealer_thread = Some(sealer_thread);
-    let replica = if config.consensus.enabled() {
-        Some(replica::Replica::open(config, &sequencer.chain)?)
-    } else {
-        None
-    };
-    let stats = replica.as_ref().map(|r| r.stats.clone());
-    let tile = rtchain_dataplane::tile::spawn_tile("sequencer", core, move || {
-        let result = match replica {
-            Some(replica) => sequencer.run_replicated(replica),
-            None => sequencer.run(),
-        };
-        if let Err(e) = result {
+    mut sequencer: Sequencer,
+    core: Option<usize>,
+    drive: impl FnOnce(&mut Sequencer) -> Result<(), NodeError> + Send + 'static,
+) -> Result<TileHandle<()>, NodeError> {
+    rtchain_dataplane::tile::spawn_tile("sequencer", core, move || {
+        if let Err(e) = drive(&mut sequencer) {
             // Storage or log failure: stop sequencing rather than acknowledge what cannot be
             // kept. RPC keeps serving reads and refuses new transactions.
             tracing::error!("sequencer stopped: {e}");
             sequencer.chain.shutdown();
         }
+        sequencer.fail_waiting();
         // Let the sealer finish what was closed, then stop it.
         sequencer.to_sealer = None;
         if let Some(handle) = sequencer.sealer_thread.take() {
             let _ = handle.join();
         }
     })
-    .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))?;
-    Ok((tile, stats))
+    .map_err(|e| NodeError::Recovery(format!("cannot start the sequencer thread: {e}")))
 }
 
 /// The mini-block executor. `threads` counts the sequencer thread, which executes too (on
@@ -231,12 +259,14 @@ impl Sequencer {
                     let submissions = m
                         .transactions
                         .into_iter()
-                        .map(|tx| Submission { tx, reply: None })
+                        .map(Submission::unanswered)
                         .collect();
-                    let included = self.execute(
-                        submissions,
-                        Some((m.number, m.timestamp_us, m.receipts_root)),
-                    )?;
+                    let logged = Logged {
+                        number: m.number,
+                        timestamp_us: m.timestamp_us,
+                        receipts_root: m.receipts_root,
+                    };
+                    let included = self.execute(submissions, Origin::Replayed(logged))?;
                     if !included {
                         return Err(NodeError::Recovery(format!(
                             "mini-block {} replayed to nothing",
@@ -273,7 +303,9 @@ impl Sequencer {
         Ok(())
     }
 
-    fn run(&mut self) -> Result<(), NodeError> {
+    /// The loop of a node that sequences alone: cut, execute, log and answer mini-blocks as
+    /// transactions arrive; close EVM blocks on time.
+    pub fn run(&mut self) -> Result<(), NodeError> {
         let max_txs = self.chain.sequencer.max_mini_block_txs;
         let interval = Duration::from_millis(self.chain.sequencer.block_interval_ms);
         let idle = Duration::from_millis(self.chain.sequencer.idle_block_interval_ms);
@@ -346,7 +378,7 @@ impl Sequencer {
                 let ctx = next_block_context(&self.chain.exec, &parent, at);
                 self.open_block(ctx, at);
             }
-            self.execute(std::mem::take(&mut batch), None)?;
+            self.execute(std::mem::take(&mut batch), Origin::New)?;
         }
     }
 
@@ -400,20 +432,14 @@ impl Sequencer {
         self.chain.state.write().open_block = Some(ctx);
     }
 
-    /// Executes one mini-block. `replay` carries the logged number, time and receipts root when
-    /// re-executing after a crash (nothing is logged or answered then). Returns whether anything
-    /// was included.
-    fn execute(
-        &mut self,
-        submissions: Vec<Submission>,
-        replay: Option<(u64, u64, B256)>,
-    ) -> Result<bool, NodeError> {
+    /// Executes one mini-block on the newest state. Returns whether anything was included.
+    fn execute(&mut self, submissions: Vec<Submission>, origin: Origin) -> Result<bool, NodeError> {
         let Some(open) = self.open.as_ref() else {
             return Ok(false);
         };
         let ctx = open.ctx;
         let (block_gas, block_logs) = (open.gas_used, open.logs);
-        let mut replies: HashMap<B256, Reply> = HashMap::new();
+        let mut replies: HashMap<B256, ReplySink> = HashMap::new();
         let mut txs = Vec::with_capacity(submissions.len());
         for s in submissions {
             if let Some(reply) = s.reply {
@@ -429,6 +455,7 @@ impl Sequencer {
             block_gas,
             block_logs,
         )?;
+        let replaying = matches!(origin, Origin::Replayed(_));
 
         let mut included: Vec<(RecoveredTx, TxReceipt)> = Vec::new();
         let mut deferred = Vec::new();
@@ -436,7 +463,7 @@ impl Sequencer {
             match outcome {
                 TxOutcome::Included { tx, receipt, .. } => included.push((tx, receipt)),
                 TxOutcome::Rejected { tx, error } => {
-                    if replay.is_some() {
+                    if replaying {
                         return Err(NodeError::Recovery(format!(
                             "replayed transaction {} was rejected: {error}",
                             tx.hash
@@ -446,7 +473,7 @@ impl Sequencer {
                     self.reject_or_queue(tx, error, reply);
                 }
                 TxOutcome::Deferred { tx } => {
-                    if replay.is_some() {
+                    if replaying {
                         return Err(NodeError::Recovery(format!(
                             "replayed transaction {} did not fit its block",
                             tx.hash
@@ -463,8 +490,7 @@ impl Sequencer {
                 included,
                 result.diff,
                 (result.gas_used, result.logs),
-                replay,
-                replay.is_none(),
+                origin,
                 &mut replies,
             )?;
         }
@@ -478,14 +504,15 @@ impl Sequencer {
         Ok(any)
     }
 
+    /// Commits an executed mini-block of the open block: logs it (unless replayed), makes its
+    /// state the newest, answers its transactions and announces it.
     fn commit_mini_block(
         &mut self,
         included: Vec<(RecoveredTx, TxReceipt)>,
         diff: StateDiff,
         (gas_used, logs): (u64, u64),
-        replay: Option<(u64, u64, B256)>,
-        log: bool,
-        replies: &mut HashMap<B256, Reply>,
+        origin: Origin,
+        replies: &mut HashMap<B256, ReplySink>,
     ) -> Result<(), NodeError> {
         let (parent_hash, number) = {
             let state = self.chain.state.read();
@@ -493,19 +520,20 @@ impl Sequencer {
         };
         let (txs, receipts): (Vec<_>, Vec<_>) = included.into_iter().unzip();
         let receipts_root = receipt::receipts_root(&receipts);
-        let timestamp_us = match replay {
-            Some((logged_number, logged_time, logged_root)) => {
-                if logged_number != number || logged_root != receipts_root {
+        let timestamp_us = match origin.logged() {
+            Some(logged) => {
+                if logged.number != number || logged.receipts_root != receipts_root {
                     return Err(NodeError::Recovery(format!(
-                        "mini-block {logged_number} replayed to a different result (number {number}, receipts root {receipts_root} vs {logged_root})"
+                        "mini-block {} re-executed to a different result (number {number}, receipts root {receipts_root} vs {})",
+                        logged.number, logged.receipts_root
                     )));
                 }
-                logged_time
+                logged.timestamp_us
             }
             None => now_us(),
         };
         let open = self.open.as_mut().expect("an open block while executing");
-        if log {
+        if !matches!(origin, Origin::Replayed(_)) {
             let record = LogRecord::MiniBlock(MiniBlockRecord {
                 number,
                 timestamp_us,
@@ -578,7 +606,7 @@ impl Sequencer {
         for view in views {
             senders.push((view.tx.sender, view.tx.envelope.nonce() + 1));
             if let Some(reply) = replies.remove(&view.tx.hash) {
-                self.answers.send(reply, Ok(view));
+                self.answers.send(reply, Outcome::Executed(view));
             }
         }
         open.txs.extend(txs.iter().cloned());
@@ -601,7 +629,7 @@ impl Sequencer {
     }
 
     /// A future nonce waits (bounded) for its gap to fill; everything else is refused.
-    fn reject_or_queue(&mut self, tx: RecoveredTx, error: TxError, reply: Option<Reply>) {
+    pub fn reject_or_queue(&mut self, tx: RecoveredTx, error: TxError, reply: Option<ReplySink>) {
         if let TxError::NonceTooHigh { .. } = error {
             let per_sender = self.queued.get(&tx.sender).map_or(0, BTreeMap::len);
             let limits = &self.chain.sequencer;
@@ -614,35 +642,30 @@ impl Sequencer {
                 if let Some(old) = entry.insert(nonce, submission) {
                     // A replacement with the same nonce: the old one is dropped.
                     self.chain.pool.write().remove(&old.tx.hash);
-                    if let Some(r) = old.reply {
-                        self.answers.send(
-                            r,
-                            Err(BackendError::InvalidTransaction(
-                                "replaced by a transaction with the same nonce".into(),
-                            )),
-                        );
-                    }
+                    self.answers
+                        .reject(old.reply, Rejection::Replaced { nonce, by: None });
                 } else {
                     self.queued_total += 1;
                 }
                 return;
             }
             self.chain.pool.write().remove(&tx.hash);
-            if let Some(reply) = reply {
-                self.answers.send(reply, Err(BackendError::PoolFull(format!(
-                    "too many queued transactions for sender {} (nonce gap; limit {} per sender)",
-                    tx.sender, limits.max_queued_per_sender
-                ))));
-            }
+            let next_nonce = match error {
+                TxError::NonceTooHigh { state, .. } => state,
+                _ => unreachable!("matched above"),
+            };
+            self.answers.reject(
+                reply,
+                Rejection::NonceGapFull {
+                    sender: tx.sender,
+                    limit: limits.max_queued_per_sender,
+                    next_nonce,
+                },
+            );
             return;
         }
         self.chain.pool.write().remove(&tx.hash);
-        if let Some(reply) = reply {
-            self.answers.send(
-                reply,
-                Err(BackendError::InvalidTransaction(error.to_string())),
-            );
-        }
+        self.answers.reject(reply, Rejection::Invalid(error));
     }
 
     /// Moves `sender`'s queued transaction with `next_nonce` (if any) to the ready queue.
@@ -656,14 +679,14 @@ impl Sequencer {
             if let Some(old) = entry.remove(&n) {
                 self.queued_total -= 1;
                 self.chain.pool.write().remove(&old.tx.hash);
-                if let Some(r) = old.reply {
-                    self.answers.send(
-                        r,
-                        Err(BackendError::InvalidTransaction(format!(
-                            "nonce too low: address {sender}, tx: {n} state: {next_nonce}"
-                        ))),
-                    );
-                }
+                self.answers.reject(
+                    old.reply,
+                    Rejection::Invalid(TxError::NonceTooLow {
+                        address: sender,
+                        tx: n,
+                        state: next_nonce,
+                    }),
+                );
             }
         }
         if let Some(s) = entry.remove(&next_nonce) {
@@ -741,127 +764,176 @@ impl Sequencer {
         }
         Ok(ctx.number)
     }
+
+    /// At exit: everything accepted and not executed is answered as failed (a fast-path client
+    /// would otherwise wait for a datagram that never comes) and leaves the pool.
+    fn fail_waiting(&mut self) {
+        let mut waiting: Vec<Submission> = self.ready.drain(..).collect();
+        for (_, by_nonce) in std::mem::take(&mut self.queued) {
+            waiting.extend(by_nonce.into_values());
+        }
+        self.queued_total = 0;
+        waiting.extend(self.ingress.try_iter());
+        let mut pool = self.chain.pool.write();
+        for s in waiting {
+            pool.remove(&s.tx.hash);
+            if let Some(reply) = s.reply {
+                self.answers.send(reply, Outcome::Failed(Failure::Stopped));
+            }
+        }
+    }
 }
 
-/// Computes state roots, builds headers and commits closed blocks, in order, beside the
-/// sequencer: the hot path never waits for the trie or RocksDB.
-struct Sealer {
-    chain: Arc<Chain>,
-}
-
-impl Sealer {
-    fn new(chain: Arc<Chain>) -> Self {
-        Self { chain }
+/// What the replica (`crate::replica`) may do with the sequencer: it orders and finalizes, the
+/// sequencer executes, logs, commits and answers. Nothing else of the sequencer's state is
+/// reachable from the replica.
+impl Sequencer {
+    pub fn chain(&self) -> &Arc<Chain> {
+        &self.chain
     }
 
-    /// State root, header, one RocksDB batch, then publication: the block, its receipts with
-    /// their block hash, and the removal of its layers from the newest state.
-    fn seal(&mut self, closed: ClosedBlock) -> Result<(), NodeError> {
-        let started = Instant::now();
-        let (parent, parent_hash) = {
-            let state = self.chain.state.read();
-            (state.head_header.clone(), state.head.hash)
+    /// The next submission accepted at a door, if any.
+    pub fn next_submission(&mut self) -> Option<Submission> {
+        self.ingress.try_recv().ok()
+    }
+
+    /// Queues a transaction to be proposed (at the back).
+    pub fn push_ready(&mut self, submission: Submission) {
+        self.ready.push_back(submission);
+    }
+
+    /// Puts a transaction back at the front: the next proposal takes it first.
+    pub fn push_ready_front(&mut self, submission: Submission) {
+        self.ready.push_front(submission);
+    }
+
+    pub fn pop_ready(&mut self) -> Option<Submission> {
+        self.ready.pop_front()
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Removes the queued transactions with these hashes (a finalized block took them) and
+    /// returns them.
+    pub fn take_ready(&mut self, hashes: &HashSet<B256>) -> Vec<Submission> {
+        if hashes.is_empty() || self.ready.is_empty() {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.ready.len());
+        for s in self.ready.drain(..) {
+            if hashes.contains(&s.tx.hash) {
+                taken.push(s);
+            } else {
+                kept.push_back(s);
+            }
+        }
+        self.ready = kept;
+        taken
+    }
+
+    /// The largest mini-block record the log can take.
+    pub fn max_mini_block_bytes(&self) -> usize {
+        self.minilog.max_mini_block_bytes()
+    }
+
+    /// The open EVM block as committed here, if a mini-block has opened one.
+    pub fn open_state(&self) -> Option<OpenState> {
+        self.open.as_ref().map(|o| OpenState {
+            ctx: o.ctx,
+            opened_at_us: o.opened_at_us,
+            gas_used: o.gas_used,
+            logs: o.logs,
+        })
+    }
+
+    /// Executes `txs` in block `ctx` on the committed state plus `diffs` (the not yet finalized
+    /// ancestors of a proposal), without committing anything.
+    pub fn execute_on(
+        &self,
+        ctx: &BlockContext,
+        diffs: &[Arc<StateDiff>],
+        txs: Vec<RecoveredTx>,
+        block_gas_used: u64,
+        block_logs: u64,
+    ) -> Result<BatchResult, StateError> {
+        self.executor.execute_batch(
+            &self.chain.exec,
+            ctx,
+            self.chain.state_with(diffs),
+            txs,
+            block_gas_used,
+            block_logs,
+        )
+    }
+
+    /// Sends an outcome to its sink.
+    pub fn answer(&mut self, reply: ReplySink, outcome: Outcome) {
+        self.answers.send(reply, outcome);
+    }
+
+    /// Commits a finalized block's mini-block, executed before (`receipts`, `diff`): logged,
+    /// made the newest state, answered to `replies`.
+    pub fn commit_finalized(
+        &mut self,
+        record: &MiniBlockRecord,
+        receipts: Vec<TxReceipt>,
+        diff: StateDiff,
+        (gas_used, logs): (u64, u64),
+        mut replies: HashMap<B256, ReplySink>,
+    ) -> Result<(), NodeError> {
+        if self.open.is_none() {
+            self.open_block(record.block, record.timestamp_us);
+        }
+        self.make_log_room_for(record)?;
+        let included = record.transactions.iter().cloned().zip(receipts).collect();
+        let logged = Logged {
+            number: record.number,
+            timestamp_us: record.timestamp_us,
+            receipts_root: record.receipts_root,
         };
-        let ctx = closed.ctx;
-        if ctx.number != parent.number + 1 {
+        self.commit_mini_block(
+            included,
+            diff,
+            (gas_used, logs),
+            Origin::Finalized(logged),
+            &mut replies,
+        )
+    }
+
+    /// Commits a finalized block's seal of EVM block `block_number`.
+    pub fn seal_finalized(
+        &mut self,
+        block_number: u64,
+        timestamp_us: u64,
+    ) -> Result<(), NodeError> {
+        let closed = self.close_block(true, Some(timestamp_us))?;
+        if closed != block_number {
             return Err(NodeError::Recovery(format!(
-                "sealing block {} on top of block {}",
-                ctx.number, parent.number
+                "finalized seal of block {block_number} closed block {closed}"
             )));
         }
-        let (state_root, trie) = {
-            let view = self.chain.store.view();
-            rtchain_state::state_root::apply_diff(&view, parent.state_root, &closed.diff)?
-        };
-        let mut bloom = Bloom::ZERO;
-        for r in &closed.receipts {
-            bloom.accrue_bloom(r.receipt.logs_bloom());
-        }
-        let header = Header {
-            parent_hash,
-            ommers_hash: EMPTY_OMMER_ROOT_HASH,
-            beneficiary: ctx.beneficiary,
-            state_root,
-            transactions_root: receipt::transactions_root(&closed.txs),
-            receipts_root: if closed.receipts.is_empty() {
-                EMPTY_ROOT_HASH
-            } else {
-                receipt::receipts_root(&closed.receipts)
-            },
-            logs_bloom: bloom,
-            difficulty: Default::default(),
-            number: ctx.number,
-            gas_limit: ctx.gas_limit,
-            gas_used: closed.gas_used,
-            timestamp: ctx.timestamp,
-            // Links the EVM block to the mini-block chain, and lets a restart continue it.
-            extra_data: Bytes::copy_from_slice(closed.last_mini_hash.as_slice()),
-            mix_hash: ctx.prevrandao,
-            nonce: Default::default(),
-            base_fee_per_gas: Some(ctx.base_fee),
-            withdrawals_root: Some(EMPTY_ROOT_HASH),
-            blob_gas_used: Some(0),
-            excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(B256::ZERO),
-            requests_hash: Some(EMPTY_REQUESTS_HASH),
-            ..Default::default()
-        };
-        let hash = header.hash_slow();
-        self.chain.store.commit_block(&BlockCommit {
-            header: &header,
-            hash,
-            transactions: &closed.txs,
-            receipts: &closed.receipts,
-            mini_blocks: &closed.minis,
-            last_mini_block: closed.last_mini,
-            diff: &closed.diff,
-            trie: &trie,
-        })?;
-        let accounts = closed.diff.accounts.len();
-        let block = Arc::new(SealedBlock {
-            header: header.clone(),
-            hash,
-            transactions: closed.txs,
-            receipts: closed.receipts,
-            mini_blocks: closed.first_mini..=closed.last_mini,
-        });
-        // Publish in an order readers can rely on: the block first (so a receipt's hash
-        // resolves), then the head and the layers (RocksDB holds them now).
-        self.chain.push_recent(block.clone());
-        {
-            let mut state = self.chain.state.write();
-            state.head = rtchain_state::store::Head {
-                number: ctx.number,
-                hash,
-                last_mini_block: closed.last_mini,
-            };
-            state.head_header = header;
-            let sealed_layers = state
-                .layer_blocks
-                .iter()
-                .take_while(|&&b| b == ctx.number)
-                .count();
-            if sealed_layers > 0 {
-                state.layers = Arc::new(Layers {
-                    diffs: state.layers.diffs[sealed_layers..].to_vec(),
-                });
-                state.layer_blocks.drain(..sealed_layers);
-            }
-            for tx in &block.transactions {
-                state.preconfirmed.remove(&tx.hash);
-            }
-        }
-        tracing::debug!(
-            block = ctx.number,
-            txs = block.transactions.len(),
-            accounts,
-            seal_us = started.elapsed().as_micros() as u64,
-            "sealed"
-        );
-        self.chain.sealed.send_replace(ctx.number);
-        self.chain.notify_sealed();
-        let _ = self.chain.events.send(ChainEvent::Block(block));
         Ok(())
+    }
+
+    /// Room in the mini-block log for a replicated mini-block (see `make_log_room`; here the
+    /// open block cannot be sealed early: the leader decided where it ends).
+    fn make_log_room_for(&mut self, record: &MiniBlockRecord) -> Result<(), NodeError> {
+        let needed =
+            MiniLog::mini_block_record_bytes(record.transactions.iter().map(|t| t.raw.len()))
+                + SEAL_RESERVE_BYTES;
+        if self.minilog.has_room(needed, self.durable_mini) {
+            return Ok(());
+        }
+        self.sync_store()?;
+        if self.minilog.has_room(needed, self.durable_mini) {
+            return Ok(());
+        }
+        Err(NodeError::Config(format!(
+            "the mini-block log is too small for a replicated mini-block of {needed} bytes; raise storage.minilog_size_bytes"
+        )))
     }
 }
 

@@ -96,7 +96,7 @@ impl Framer {
         let n = keys.len();
         // Message ids start from the clock so that a restarted sender's ids do not collide with
         // partial messages its peers still hold from before.
-        let next_id = crate::node::chain::now_us();
+        let next_id = crate::chain::now_us();
         Self {
             me,
             keys,

@@ -32,7 +32,7 @@ use super::{
     error::BenchError,
     report::{Machine, current_commit, emit_line, utc_timestamp},
 };
-use crate::config::{BackendKind, NodeConfig};
+use rtchain_node::config::{BackendKind, NodeConfig};
 
 const CHAIN_ID: u64 = 31_337;
 /// Pre-signed transactions per run (signing is ~50 µs each on one core).
@@ -360,7 +360,7 @@ pub fn run_udp_bench(args: UdpBenchArgs) -> Result<UdpBenchResult, BenchError> {
         .build()
         .map_err(|e| BenchError::Local(e.to_string()))?;
     let node = runtime
-        .block_on(crate::node::Node::start(config))
+        .block_on(rtchain_node::Node::start(config))
         .map_err(|e| BenchError::Local(format!("node: {e}")))?;
 
     // The address the node bound (the port the kernel chose for port 0).

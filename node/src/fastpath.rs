@@ -32,14 +32,14 @@ use rtchain_dataplane::{
     ring::{self, Consumer, Producer},
     tile::{self, TileHandle},
 };
-use rtchain_rpc::backend::{BackendError, ReceiptView};
+use rtchain_exec::TxError;
 use rtchain_wire::{self as wire, Message, RejectCode};
 
-use crate::config::{BackendKind, FastPathSection};
-
-use super::{
-    NodeBackend, NodeError,
-    chain::{Reply, Submission},
+use crate::{
+    NodeError, admission,
+    chain::Chain,
+    config::{BackendKind, FastPathSection},
+    outcome::{Answers, FastPathReplies, Outcome, Rejection, ReplySink, Ticket},
 };
 
 /// Slots in each ring between tiles: at 1.5 KiB a slot, 4,096 slots are 6 MiB per ring, about
@@ -62,28 +62,11 @@ const SEND_ATTEMPTS: u32 = 16;
 /// Datagrams a verify tile handles from one inbox before it looks at the others and at the
 /// stop flag (each may take a dozen sender recoveries).
 const VERIFY_BATCH: usize = 64;
-/// Verify tiles at most (each owns a thread and two 6 MiB rings).
-pub const MAX_VERIFY_TILES: usize = 64;
 /// Counters are logged this often while they change.
 const STATS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct sources tracked per window; new sources beyond it are dropped until the window ends,
 /// so a spoofed-source flood cannot grow memory.
 const MAX_TRACKED_SOURCES: usize = 65_536;
-
-/// Where the sequencer sends a fast-path transaction's outcome.
-#[derive(Debug, Clone, Copy)]
-pub struct Ticket {
-    /// Net tile that received it (and owns the port to answer through).
-    pub route: u16,
-    pub peer: SocketAddrV4,
-    pub local_port: u16,
-    pub request_id: u64,
-    pub index: u16,
-    pub tx_hash: [u8; 32],
-    /// Bytes of reason text a Reject may carry: the transaction's own length (docs/wire.md,
-    /// "Amplification").
-    pub reason_budget: u16,
-}
 
 /// Counters of the fast path, beside each port's own.
 #[derive(Debug, Default)]
@@ -129,103 +112,87 @@ impl Outbox {
     }
 }
 
-/// The sequencer's side: sends each outcome to an RPC waiter or a net tile's reply ring.
-pub struct Answers {
+/// The sequencer's replies into the net tiles' rings: Receipt or Reject datagrams.
+struct ReplyRings {
     outboxes: Vec<Outbox>,
     stats: Arc<FastPathStats>,
 }
 
-impl Answers {
-    pub fn none() -> Self {
-        Self {
-            outboxes: Vec::new(),
-            stats: Arc::default(),
-        }
-    }
-
-    pub fn send(&mut self, reply: Reply, result: Result<ReceiptView, BackendError>) {
-        match reply {
-            Reply::Rpc(sender) => {
-                let _ = sender.send(result);
-            }
-            Reply::FastPath(ticket) => {
-                let Some(outbox) = self.outboxes.get_mut(ticket.route as usize) else {
-                    return;
+impl FastPathReplies for ReplyRings {
+    fn answer(&mut self, ticket: Ticket, outcome: &Outcome) {
+        let Some(outbox) = self.outboxes.get_mut(ticket.route as usize) else {
+            return;
+        };
+        let rejection = match outcome {
+            Outcome::Executed(view) => {
+                self.stats.receipts.fetch_add(1, Ordering::Relaxed);
+                let receipt = wire::Receipt {
+                    request_id: ticket.request_id,
+                    index: ticket.index,
+                    tx_hash: view.tx.hash.0,
+                    status: if alloy_consensus::TxReceipt::status(&view.receipt.receipt) {
+                        wire::TxStatus::Success
+                    } else {
+                        wire::TxStatus::Reverted
+                    },
+                    gas_used: view.receipt.gas_used,
+                    mini_block: view.location.mini_block_number,
+                    block_number: view.location.block_number,
+                    tx_index: view.location.index as u32,
                 };
-                match result {
-                    Ok(view) => {
-                        self.stats.receipts.fetch_add(1, Ordering::Relaxed);
-                        let receipt = wire::Receipt {
-                            request_id: ticket.request_id,
-                            index: ticket.index,
-                            tx_hash: view.tx.hash.0,
-                            status: if alloy_consensus::TxReceipt::status(&view.receipt.receipt) {
-                                wire::TxStatus::Success
-                            } else {
-                                wire::TxStatus::Reverted
-                            },
-                            gas_used: view.receipt.gas_used,
-                            mini_block: view.location.mini_block_number,
-                            block_number: view.location.block_number,
-                            tx_index: view.location.index as u32,
-                        };
-                        outbox.push(&self.stats, ticket.peer, ticket.local_port, |buf| {
-                            wire::encode_receipt(buf, &receipt)
-                        });
-                    }
-                    Err(error) => {
-                        self.stats.rejects.fetch_add(1, Ordering::Relaxed);
-                        let code = reject_code(&error);
-                        let mut reason = error.to_string();
-                        truncate_at_char(&mut reason, usize::from(ticket.reason_budget));
-                        outbox.push(&self.stats, ticket.peer, ticket.local_port, |buf| {
-                            wire::encode_reject(
-                                buf,
-                                ticket.request_id,
-                                ticket.index,
-                                &ticket.tx_hash,
-                                code,
-                                &reason,
-                            )
-                        });
-                    }
-                }
+                outbox.push(&self.stats, ticket.peer, ticket.local_port, |buf| {
+                    wire::encode_receipt(buf, &receipt)
+                });
+                return;
             }
-        }
+            Outcome::Rejected(rejection) => (reject_code(rejection), rejection.to_string()),
+            Outcome::Failed(failure) => (RejectCode::Unavailable, failure.to_string()),
+        };
+        self.stats.rejects.fetch_add(1, Ordering::Relaxed);
+        let (code, mut reason) = rejection;
+        truncate_at_char(&mut reason, usize::from(ticket.reason_budget));
+        outbox.push(&self.stats, ticket.peer, ticket.local_port, |buf| {
+            wire::encode_reject(
+                buf,
+                ticket.request_id,
+                ticket.index,
+                &ticket.tx_hash,
+                code,
+                &reason,
+            )
+        });
     }
 }
 
-/// The wire code for a refusal. The node's errors carry geth's wording (what JSON-RPC clients
-/// match on), so the code is read from it here, in one place.
-pub fn reject_code(error: &BackendError) -> RejectCode {
-    match error {
-        BackendError::AlreadyKnown => RejectCode::AlreadyKnown,
-        BackendError::Unavailable(_) => RejectCode::Unavailable,
-        BackendError::PoolFull(text) if text.contains("queued") || text.contains("nonce gap") => {
-            RejectCode::NonceGap
-        }
-        BackendError::PoolFull(_) => RejectCode::TxpoolFull,
-        BackendError::InvalidTransaction(text) => {
-            let rules: [(&str, RejectCode); 12] = [
-                ("nonce too low", RejectCode::NonceTooLow),
-                ("insufficient funds", RejectCode::InsufficientFunds),
-                ("intrinsic gas too low", RejectCode::IntrinsicGas),
-                ("invalid chain id", RejectCode::WrongChainId),
-                ("replay-protected", RejectCode::WrongChainId),
-                ("invalid sender", RejectCode::InvalidSignature),
-                ("v, r, s", RejectCode::InvalidSignature),
-                ("exceeds block gas limit", RejectCode::GasLimit),
-                ("less than block base fee", RejectCode::FeeTooLow),
-                ("oversized", RejectCode::Oversized),
-                ("not supported", RejectCode::UnsupportedTxType),
-                ("rlp", RejectCode::Malformed),
-            ];
-            rules
-                .iter()
-                .find(|(needle, _)| text.contains(needle))
-                .map_or(RejectCode::Other, |(_, code)| *code)
-        }
-        _ => RejectCode::Other,
+/// The wire code for a refusal (docs/wire.md): one `match` over the node's typed reasons.
+pub fn reject_code(rejection: &Rejection) -> RejectCode {
+    match rejection {
+        Rejection::Invalid(error) => match error {
+            TxError::Oversized { .. } => RejectCode::Oversized,
+            TxError::Decode(_) => RejectCode::Malformed,
+            TxError::BlobNotSupported | TxError::UnsupportedType => RejectCode::UnsupportedTxType,
+            TxError::Unprotected | TxError::WrongChainId { .. } => RejectCode::WrongChainId,
+            TxError::InvalidSignature | TxError::InvalidSender(_) => RejectCode::InvalidSignature,
+            TxError::IntrinsicGasTooLow { .. } => RejectCode::IntrinsicGas,
+            TxError::GasLimitExceeded => RejectCode::GasLimit,
+            TxError::FeeCapTooLow { .. } => RejectCode::FeeTooLow,
+            TxError::NonceTooLow { .. } => RejectCode::NonceTooLow,
+            TxError::InsufficientFunds { .. } => RejectCode::InsufficientFunds,
+            // A future nonce the sequencer could not queue is a gap (it answers NonceGapFull
+            // when the queue is full; this is the executor's own view of the same thing).
+            TxError::NonceTooHigh { .. } => RejectCode::NonceGap,
+            TxError::TipAboveFeeCap
+            | TxError::InitcodeTooLarge { .. }
+            | TxError::EmptyAuthList
+            | TxError::SenderNotEoa(_)
+            | TxError::NonceMax
+            | TxError::Other(_) => RejectCode::Other,
+        },
+        Rejection::AlreadyKnown => RejectCode::AlreadyKnown,
+        Rejection::PoolFull => RejectCode::TxpoolFull,
+        Rejection::NonceGapFull { .. } => RejectCode::NonceGap,
+        Rejection::Replaced { .. } => RejectCode::NonceTooLow,
+        Rejection::Unavailable(_) | Rejection::Internal(_) => RejectCode::Unavailable,
     }
 }
 
@@ -552,7 +519,7 @@ fn source_hash(peer: SocketAddrV4) -> usize {
 
 /// Everything one verify tile owns.
 struct VerifyTile {
-    backend: Arc<NodeBackend>,
+    chain: Arc<Chain>,
     inbox: Vec<Consumer<Datagram>>,
     /// Reject and Pong rings, one per net tile (indexed by route).
     outboxes: Vec<Outbox>,
@@ -628,9 +595,8 @@ impl VerifyTile {
                 for (index, raw) in txs.enumerate() {
                     let index = index as u16;
                     stats.submitted.fetch_add(1, Ordering::Relaxed);
-                    let admitted = self.backend.admit(raw);
-                    let result = admitted.and_then(|(tx, state_nonce)| {
-                        let ticket = Ticket {
+                    let result = admission::submit(&self.chain, raw, |tx| {
+                        Some(ReplySink::FastPath(Ticket {
                             route,
                             peer: d.peer,
                             local_port: d.local_port,
@@ -638,14 +604,7 @@ impl VerifyTile {
                             index,
                             tx_hash: tx.hash.0,
                             reason_budget: raw.len().min(wire::MAX_REASON_LEN) as u16,
-                        };
-                        self.backend.chain().submit(
-                            Submission {
-                                tx,
-                                reply: Some(Reply::FastPath(ticket)),
-                            },
-                            state_nonce,
-                        )
+                        }))
                     });
                     if let Err(error) = result {
                         stats.rejects.fetch_add(1, Ordering::Relaxed);
@@ -706,11 +665,11 @@ fn dpdk_on_net_core(
 }
 
 /// Opens the configured port(s) and starts the net and verify tiles. Returns the fast path and
-/// the sequencer's [`Answers`].
+/// the sequencer's [`Answers`], which reply through the net tile.
 pub fn start(
     config: &FastPathSection,
     cores: &tile::CoreMap,
-    backend: Arc<NodeBackend>,
+    chain: Arc<Chain>,
 ) -> Result<(FastPath, Answers), NodeError> {
     let err = |e: String| NodeError::Config(format!("fastpath: {e}"));
     let stats = Arc::new(FastPathStats::default());
@@ -756,7 +715,7 @@ pub fn start(
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<Vec<(Producer<Datagram>, Doorbell)>>();
     let inline_verify = (verify_count == 0).then(|| VerifyTile {
-        backend: backend.clone(),
+        chain: chain.clone(),
         inbox: Vec::new(),
         outboxes: Vec::new(),
         poll: config.poll,
@@ -834,16 +793,16 @@ pub fn start(
     let sequencer_ring = reply_producers
         .pop()
         .ok_or_else(|| err("the net tile made no reply ring for the sequencer".into()))?;
-    let answers = Answers {
+    let answers = Answers::with_fast_path(Box::new(ReplyRings {
         outboxes: vec![outbox(sequencer_ring)],
         stats: stats.clone(),
-    };
+    }));
 
     let mut to_verify = Vec::new();
     for (i, reply_ring) in reply_producers.into_iter().enumerate() {
         let (inbox_tx, inbox_rx) = std::sync::mpsc::channel();
         let mut tile = VerifyTile {
-            backend: backend.clone(),
+            chain: chain.clone(),
             inbox: Vec::new(),
             outboxes: vec![outbox(reply_ring)],
             poll: config.poll,

@@ -42,9 +42,9 @@ const URL_DEFAULT: &str = "http://127.0.0.1:8545";
 const FUNDER_KEY_DEFAULT: &str =
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
-const ANVIL_BIN_DEFAULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/node_modules/.bin/anvil");
+const ANVIL_BIN_DEFAULT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../node_modules/.bin/anvil");
 pub(crate) const TOKEN_ARTIFACT_DEFAULT: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/contracts/out/Token.json");
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../contracts/out/Token.json");
 
 /// Transactions signed for one target's run (`rate * duration`). Each costs about 400 bytes
 /// once signed and hex-encoded, so the bound keeps the pre-signed load under ~400 MiB.

@@ -13,7 +13,7 @@ use super::{
     error::BenchError,
     report::{Machine, current_commit, emit_line, utc_timestamp},
 };
-use crate::{cluster, config::ConsensusSync};
+use rtchain_node::{cluster, config::ConsensusSync};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncArg {

@@ -1,8 +1,9 @@
-//! State shared between the sequencer thread and RPC: the sealed head, the open block's layers,
-//! preconfirmed receipts, the pool index, and the event feeds.
+//! State shared between the sequencer thread, the sealer and RPC: the sealed head, the open
+//! block's layers, preconfirmed receipts, the pool index, and the event feeds; and opening it
+//! from the data directory.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -13,39 +14,28 @@ use alloy_consensus::Header;
 use alloy_primitives::{Address, B256, U256};
 use parking_lot::RwLock;
 use rtchain_exec::{
-    BlockContext, ExecConfig, RecoveredTx, SealedBlock, StateError, StateReader, TxLocation,
-    TxReceipt,
+    BlockContext, ChainEvent, ExecConfig, RecoveredTx, SealedBlock, StateError, StateReader,
+    TxLocation, TxReceipt,
     revm::primitives::hardfork::SpecId,
     revm::{bytecode::Bytecode, state::AccountInfo},
 };
-use rtchain_rpc::backend::{BackendError, ChainEvent, ReceiptView};
 use rtchain_state::{
     Genesis, LayeredState, Layers, LogRecord, MiniLog, Store,
     store::{BlockCommit, Head, StoreError, StoreView},
 };
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 
-use super::NodeError;
-use crate::config::{NodeConfig, SequencerSection};
+use crate::{
+    NodeError,
+    config::{NodeConfig, SequencerSection},
+    outcome::{Rejection, Submission, Unavailable},
+    pool::Pool,
+};
 
 /// Recent sealed blocks kept in memory for RPC and subscriptions.
 const RECENT_BLOCKS: usize = 256;
 /// Subscribers that fall this far behind lose events (and are told so by the broadcast).
 const EVENT_CAPACITY: usize = 4_096;
-
-/// A transaction handed to the sequencer, with where to send its receipt if someone waits.
-pub struct Submission {
-    pub tx: RecoveredTx,
-    pub reply: Option<Reply>,
-}
-
-/// Where a transaction's outcome goes when someone waits for it.
-pub enum Reply {
-    /// A JSON-RPC caller (`eth_sendRawTransactionSync`, `realtime_sendRawTransaction`).
-    Rpc(oneshot::Sender<Result<ReceiptView, BackendError>>),
-    /// A UDP fast-path client: answered with a Receipt or Reject datagram by its net tile.
-    FastPath(super::fastpath::Ticket),
-}
 
 /// What the next EVM block needs from its parent, known as soon as the parent is closed (before
 /// its state root and hash are): this is what lets sealing run beside execution.
@@ -127,80 +117,6 @@ pub struct Chain {
     shutdown: AtomicBool,
 }
 
-/// Transactions accepted but not executed yet: in the ingress queue, or waiting for a nonce gap.
-#[derive(Default)]
-pub struct Pool {
-    by_hash: HashMap<B256, RecoveredTx>,
-    by_sender: HashMap<Address, BTreeMap<u64, B256>>,
-}
-
-impl Pool {
-    /// Transactions accepted and not executed yet.
-    pub fn pending_count(&self) -> usize {
-        self.by_hash.len()
-    }
-
-    /// Senders with transactions waiting.
-    pub fn senders(&self) -> usize {
-        self.by_sender.len()
-    }
-
-    pub fn get(&self, hash: &B256) -> Option<&RecoveredTx> {
-        self.by_hash.get(hash)
-    }
-
-    pub fn contains(&self, hash: &B256) -> bool {
-        self.by_hash.contains_key(hash)
-    }
-
-    pub fn insert(&mut self, tx: RecoveredTx) {
-        let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
-        self.by_sender
-            .entry(tx.sender)
-            .or_default()
-            .insert(nonce, tx.hash);
-        self.by_hash.insert(tx.hash, tx);
-    }
-
-    pub fn remove(&mut self, hash: &B256) -> Option<RecoveredTx> {
-        let tx = self.by_hash.remove(hash)?;
-        let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
-        if let Some(nonces) = self.by_sender.get_mut(&tx.sender) {
-            // A replacement may have taken this nonce's slot: remove only our own entry.
-            if nonces.get(&nonce) == Some(hash) {
-                nonces.remove(&nonce);
-            }
-            if nonces.is_empty() {
-                self.by_sender.remove(&tx.sender);
-            }
-        }
-        Some(tx)
-    }
-
-    /// The sender's next nonce counting its waiting transactions that follow `state_nonce`
-    /// without a gap (the `pending` nonce).
-    pub fn next_nonce(&self, sender: Address, state_nonce: u64) -> u64 {
-        let mut next = state_nonce;
-        if let Some(nonces) = self.by_sender.get(&sender) {
-            for nonce in nonces.range(state_nonce..).map(|(n, _)| *n) {
-                if nonce != next {
-                    break;
-                }
-                next += 1;
-            }
-        }
-        next
-    }
-
-    /// How many of the sender's transactions wait behind a nonce gap.
-    pub fn gapped(&self, sender: Address, state_nonce: u64) -> usize {
-        let next = self.next_nonce(sender, state_nonce);
-        self.by_sender
-            .get(&sender)
-            .map_or(0, |nonces| nonces.range(next..).count())
-    }
-}
-
 /// What the sequencer starts from.
 pub struct Recovered {
     pub ingress: crossbeam_channel::Receiver<Submission>,
@@ -213,24 +129,26 @@ impl Chain {
     /// Hands a checked transaction to the sequencer. `state_nonce` is the sender's nonce in the
     /// newest state: a transaction beyond the sender's next nonce waits for the gap to fill, and
     /// at most `max_queued_per_sender` of those may wait.
-    pub fn submit(&self, submission: Submission, state_nonce: u64) -> Result<(), BackendError> {
+    pub fn submit(&self, submission: Submission, state_nonce: u64) -> Result<(), Rejection> {
         if self.is_shut_down() {
-            return Err(BackendError::Unavailable("node is shutting down".into()));
+            return Err(Rejection::Unavailable(Unavailable::ShuttingDown));
         }
         let hash = submission.tx.hash;
         {
             let mut pool = self.pool.write();
             if pool.contains(&hash) {
-                return Err(BackendError::AlreadyKnown);
+                return Err(Rejection::AlreadyKnown);
             }
             let sender = submission.tx.sender;
             let nonce = alloy_consensus::Transaction::nonce(&submission.tx.envelope);
             let next = pool.next_nonce(sender, state_nonce);
             let limit = self.sequencer.max_queued_per_sender;
             if nonce > next && pool.gapped(sender, state_nonce) >= limit {
-                return Err(BackendError::PoolFull(format!(
-                    "txpool is full: sender {sender} has {limit} queued transactions waiting for nonce {next} (the per-sender limit)"
-                )));
+                return Err(Rejection::NonceGapFull {
+                    sender,
+                    limit,
+                    next_nonce: next,
+                });
             }
             pool.insert(submission.tx.clone());
         }
@@ -244,15 +162,28 @@ impl Chain {
             Err(e) => {
                 self.pool.write().remove(&hash);
                 Err(match e {
-                    crossbeam_channel::TrySendError::Full(_) => {
-                        BackendError::PoolFull("txpool is full".into())
-                    }
+                    crossbeam_channel::TrySendError::Full(_) => Rejection::PoolFull,
                     crossbeam_channel::TrySendError::Disconnected(_) => {
-                        BackendError::Unavailable("sequencer stopped".into())
+                        Rejection::Unavailable(Unavailable::SequencerStopped)
                     }
                 })
             }
         }
+    }
+
+    /// Whether a mini-block log record is already committed here (by its mini-block or EVM
+    /// block number): how a block partly committed before a crash is recognised.
+    pub fn is_committed(&self, record: &LogRecord) -> bool {
+        let s = self.state.read();
+        match record {
+            LogRecord::MiniBlock(m) => m.number <= s.last_mini_block,
+            LogRecord::Seal { block_number, .. } => *block_number <= s.closed_head,
+        }
+    }
+
+    /// Whether EVM block `number` is closed here (sealed, or handed to the sealer).
+    pub fn is_closed(&self, number: u64) -> bool {
+        number <= self.state.read().closed_head
     }
 
     pub fn set_ingress_waker(&self, waker: rtchain_dataplane::PortWaker) {

@@ -1,0 +1,151 @@
+//! The sealer: computes each closed EVM block's state root, builds its header, commits it to
+//! RocksDB in one write batch and publishes it, in order, on its own thread beside the
+//! sequencer, so that the hot path never waits for the trie or RocksDB.
+
+use std::{sync::Arc, time::Instant};
+
+use alloy_consensus::{EMPTY_OMMER_ROOT_HASH, Header};
+use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
+use alloy_primitives::{B256, Bloom, Bytes};
+use alloy_trie::EMPTY_ROOT_HASH;
+use rtchain_exec::{
+    BlockContext, ChainEvent, RecoveredTx, SealedBlock, StateDiff, TxReceipt, receipt,
+};
+use rtchain_state::{Layers, store::BlockCommit};
+
+use crate::{NodeError, chain::Chain};
+
+/// A block closed by the sequencer, waiting for its state root, header and commit.
+pub struct ClosedBlock {
+    pub ctx: BlockContext,
+    pub first_mini: u64,
+    pub last_mini: u64,
+    pub last_mini_hash: B256,
+    pub txs: Vec<RecoveredTx>,
+    pub receipts: Vec<TxReceipt>,
+    pub minis: Vec<u64>,
+    pub diff: StateDiff,
+    pub gas_used: u64,
+}
+
+/// Computes state roots, builds headers and commits closed blocks, in order, beside the
+/// sequencer: the hot path never waits for the trie or RocksDB.
+pub struct Sealer {
+    chain: Arc<Chain>,
+}
+
+impl Sealer {
+    pub fn new(chain: Arc<Chain>) -> Self {
+        Self { chain }
+    }
+
+    /// State root, header, one RocksDB batch, then publication: the block, its receipts with
+    /// their block hash, and the removal of its layers from the newest state.
+    pub fn seal(&mut self, closed: ClosedBlock) -> Result<(), NodeError> {
+        let started = Instant::now();
+        let (parent, parent_hash) = {
+            let state = self.chain.state.read();
+            (state.head_header.clone(), state.head.hash)
+        };
+        let ctx = closed.ctx;
+        if ctx.number != parent.number + 1 {
+            return Err(NodeError::Recovery(format!(
+                "sealing block {} on top of block {}",
+                ctx.number, parent.number
+            )));
+        }
+        let (state_root, trie) = {
+            let view = self.chain.store.view();
+            rtchain_state::state_root::apply_diff(&view, parent.state_root, &closed.diff)?
+        };
+        let mut bloom = Bloom::ZERO;
+        for r in &closed.receipts {
+            bloom.accrue_bloom(r.receipt.logs_bloom());
+        }
+        let header = Header {
+            parent_hash,
+            ommers_hash: EMPTY_OMMER_ROOT_HASH,
+            beneficiary: ctx.beneficiary,
+            state_root,
+            transactions_root: receipt::transactions_root(&closed.txs),
+            receipts_root: if closed.receipts.is_empty() {
+                EMPTY_ROOT_HASH
+            } else {
+                receipt::receipts_root(&closed.receipts)
+            },
+            logs_bloom: bloom,
+            difficulty: Default::default(),
+            number: ctx.number,
+            gas_limit: ctx.gas_limit,
+            gas_used: closed.gas_used,
+            timestamp: ctx.timestamp,
+            // Links the EVM block to the mini-block chain, and lets a restart continue it.
+            extra_data: Bytes::copy_from_slice(closed.last_mini_hash.as_slice()),
+            mix_hash: ctx.prevrandao,
+            nonce: Default::default(),
+            base_fee_per_gas: Some(ctx.base_fee),
+            withdrawals_root: Some(EMPTY_ROOT_HASH),
+            blob_gas_used: Some(0),
+            excess_blob_gas: Some(0),
+            parent_beacon_block_root: Some(B256::ZERO),
+            requests_hash: Some(EMPTY_REQUESTS_HASH),
+            ..Default::default()
+        };
+        let hash = header.hash_slow();
+        self.chain.store.commit_block(&BlockCommit {
+            header: &header,
+            hash,
+            transactions: &closed.txs,
+            receipts: &closed.receipts,
+            mini_blocks: &closed.minis,
+            last_mini_block: closed.last_mini,
+            diff: &closed.diff,
+            trie: &trie,
+        })?;
+        let accounts = closed.diff.accounts.len();
+        let block = Arc::new(SealedBlock {
+            header: header.clone(),
+            hash,
+            transactions: closed.txs,
+            receipts: closed.receipts,
+            mini_blocks: closed.first_mini..=closed.last_mini,
+        });
+        // Publish in an order readers can rely on: the block first (so a receipt's hash
+        // resolves), then the head and the layers (RocksDB holds them now).
+        self.chain.push_recent(block.clone());
+        {
+            let mut state = self.chain.state.write();
+            state.head = rtchain_state::store::Head {
+                number: ctx.number,
+                hash,
+                last_mini_block: closed.last_mini,
+            };
+            state.head_header = header;
+            let sealed_layers = state
+                .layer_blocks
+                .iter()
+                .take_while(|&&b| b == ctx.number)
+                .count();
+            if sealed_layers > 0 {
+                state.layers = Arc::new(Layers {
+                    diffs: state.layers.diffs[sealed_layers..].to_vec(),
+                });
+                state.layer_blocks.drain(..sealed_layers);
+            }
+            for tx in &block.transactions {
+                state.preconfirmed.remove(&tx.hash);
+            }
+        }
+        tracing::debug!(
+            block = ctx.number,
+            txs = block.transactions.len(),
+            accounts,
+            seal_us = started.elapsed().as_micros() as u64,
+            "sealed"
+        );
+        self.chain.sealed.send_replace(ctx.number);
+        self.chain.notify_sealed();
+        let _ = self.chain.events.send(ChainEvent::Block(block));
+        Ok(())
+    }
+}
