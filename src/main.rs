@@ -7,6 +7,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
+mod cli_l1;
+
 use clap::{Parser, Subcommand};
 use rtchain_bench as bench;
 use rtchain_node::{NodeConfig, devnet, keys};
@@ -28,16 +30,16 @@ enum Command {
     /// Run a local single-validator chain with the dev accounts funded.
     Devnet(DevnetArgs),
     /// Run a persistent node from a TOML config file (see docs/operator.md).
-    Node {
-        #[arg(long)]
-        config: PathBuf,
-    },
+    Node(NodeArgs),
+    /// Settlement to L1: deploy the contracts, deposit, withdraw, status (docs/l1.md).
+    #[command(subcommand)]
+    L1(cli_l1::L1Command),
     /// Run ethereum/tests GeneralStateTests through our executor (docs/conformance.md).
     Statetest(StatetestArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Validator keys (ed25519) for BFT replication.
+    /// Keys: ed25519 validator keys for BFT replication, secp256k1 keys for settlement.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Recomputes the state root of a stopped node's data directory from the flat state alone
@@ -49,12 +51,65 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The node's TOML config (every field in docs/operator.md); without it, the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Rebuild the chain from this L1 alone: read the batches, re-execute, check every output
+    /// root; no peers, no transactions taken (docs/l1.md).
+    #[arg(long, value_name = "URL")]
+    derive_from_l1: Option<String>,
+    /// With --derive-from-l1: the contracts' record (`rtchain l1 deploy --out`), copied into
+    /// the data directory.
+    #[arg(long, value_name = "FILE")]
+    deployment: Option<PathBuf>,
+    /// Overrides the config's data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides the config's JSON-RPC address.
+    #[arg(long)]
+    rpc_addr: Option<SocketAddr>,
+}
+
+impl NodeArgs {
+    fn config(&self) -> Result<NodeConfig, String> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::from_toml_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(addr) = self.rpc_addr {
+            config.rpc.addr = addr;
+        }
+        if let Some(url) = &self.derive_from_l1 {
+            config.l1.url = Some(url.clone());
+            config.l1.derive = true;
+            // Deriving is a read-only job: no fast path to take transactions on.
+            config.fastpath.enabled = false;
+            if let Some(record) = &self.deployment {
+                std::fs::create_dir_all(&config.data_dir)
+                    .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+                let target = config.data_dir.join(&config.l1.deployment);
+                std::fs::copy(record, &target)
+                    .map_err(|e| format!("{} -> {}: {e}", record.display(), target.display()))?;
+            }
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Creates a new validator key file (mode 0600, never overwritten) and prints its public key.
+    /// Creates a new key file (mode 0600, never overwritten) and prints its public key (an
+    /// ed25519 validator key), or with --secp256k1 its address (a settlement or batcher key).
     Generate {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        #[arg(long)]
+        secp256k1: bool,
     },
     /// Prints the public key of a validator key file.
     Show {
@@ -138,6 +193,22 @@ struct DevnetArgs {
     /// every node gets its own 10.x address and the default ports.
     #[arg(long)]
     netns: bool,
+    /// Settle to this L1 (already running) instead of an anvil the devnet starts; the
+    /// contracts are deployed there on first start and recorded in the data directory.
+    #[arg(long, value_name = "URL", conflicts_with = "no_l1")]
+    l1: Option<String>,
+    /// Run without an L1 (no deposits, withdrawals, batches or output roots).
+    #[arg(long)]
+    no_l1: bool,
+    /// Port of the anvil L1 the devnet starts (0: a free one).
+    #[arg(long, default_value_t = 8546)]
+    l1_port: u16,
+    /// L2 blocks between output roots.
+    #[arg(long, default_value_t = 10)]
+    output_interval: u64,
+    /// Seconds an output root waits on L1 before withdrawals against it can be finalized.
+    #[arg(long, default_value_t = 12)]
+    withdrawal_delay_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -188,9 +259,7 @@ fn main() -> ExitCode {
     // `cores.housekeeping` when the config names one. (The main thread stays unpinned: the core
     // map is validated against its allowed CPU set.)
     let housekeeping = match &cli.command {
-        Command::Node { config } => NodeConfig::from_toml_file(config)
-            .ok()
-            .and_then(|c| c.cores.housekeeping),
+        Command::Node(args) => args.config().ok().and_then(|c| c.cores.housekeeping),
         _ => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -212,10 +281,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Devnet(args) => devnet::run(args.into()).await,
-            Command::Node { config } => {
-                let config = NodeConfig::from_toml_file(&config)?;
-                devnet::run_node(config, None).await
-            }
+            Command::Node(args) => devnet::run_node(args.config()?, None).await,
+            Command::L1(command) => cli_l1::run(command).await,
             Command::Bench(BenchCommand::Rpc(args)) => bench::run_rpc_bench(args)
                 .await
                 .map(|_| ())
@@ -227,8 +294,17 @@ fn main() -> ExitCode {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             Command::VerifyState { data_dir } => devnet::verify_state(&data_dir),
-            Command::Keys(KeysCommand::Generate { out }) => keys::generate(&out)
+            Command::Keys(KeysCommand::Generate {
+                out,
+                secp256k1: false,
+            }) => keys::generate(&out)
                 .map(|key| println!("{}", keys::public_hex(&key)))
+                .map_err(|e| e.to_string()),
+            Command::Keys(KeysCommand::Generate {
+                out,
+                secp256k1: true,
+            }) => keys::generate_secp256k1(&out)
+                .map(|key| println!("{}", key.address()))
                 .map_err(|e| e.to_string()),
             Command::Keys(KeysCommand::Show { key }) => keys::load(&key)
                 .map(|key| println!("{}", keys::public_hex(&key)))
@@ -263,6 +339,16 @@ impl From<DevnetArgs> for devnet::DevnetOptions {
             validators: a.validators,
             followers: a.followers,
             netns: a.netns,
+            l1: devnet::DevnetL1Options {
+                choice: match (a.l1, a.no_l1) {
+                    (_, true) => devnet::L1Choice::None,
+                    (Some(url), false) => devnet::L1Choice::Url(url),
+                    (None, false) => devnet::L1Choice::Anvil,
+                },
+                anvil_port: a.l1_port,
+                output_interval: a.output_interval,
+                finalization_secs: a.withdrawal_delay_secs,
+            },
         }
     }
 }

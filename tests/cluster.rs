@@ -54,9 +54,13 @@ impl Drop for DevnetGuard {
 
 /// `rtchain devnet ARGS --data-dir DIR`, its output piped.
 fn spawn_devnet(args: &[&str], dir: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_rtchain"))
-        .arg("devnet")
-        .args(args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rtchain"));
+    command.arg("devnet").args(args);
+    // Settlement has tests of its own (tests/l1.rs).
+    if !args.iter().any(|a| a.starts_with("--l1")) {
+        command.arg("--no-l1");
+    }
+    command
         .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")

@@ -187,6 +187,7 @@ fn genesis_without_chain_id_is_refused() {
 fn devnet_refuses(data_dir: &Path, file: &Path) -> String {
     let child = Command::new(env!("CARGO_BIN_EXE_rtchain"))
         .arg("devnet")
+        .arg("--no-l1")
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--rpc-addr")

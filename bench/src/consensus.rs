@@ -105,6 +105,7 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
         rpc_base_port: 0,
         netns: false,
         fastpath_base_port: None,
+        l1: None,
     };
     let mut cluster = tokio::task::spawn_blocking(move || cluster::launch(&spec))
         .await

@@ -4,13 +4,15 @@
 //! than executing a transfer.
 
 use alloy_primitives::{Address, B256, U256};
+use op_alloy_consensus::OpTxEnvelope;
 use revm::{
-    Context, ExecuteCommitEvm, MainBuilder, MainContext,
+    Context, Database, ExecuteCommitEvm, MainBuilder, MainContext,
     context::{BlockEnv, TxEnv},
     context_interface::{
         block::BlobExcessGasAndPrice,
         result::{EVMError, ExecutionResult, InvalidTransaction},
     },
+    handler::{MainnetContext, MainnetEvm},
 };
 
 use crate::{
@@ -99,6 +101,11 @@ pub fn execute_batch<R: StateReader>(
             outcomes.push(TxOutcome::Deferred { tx });
             continue;
         }
+        if tx.is_deposit() {
+            let receipt = execute_deposit(&mut evm, &tx, &mut ledger)?;
+            outcomes.push(TxOutcome::Included { tx, receipt });
+            continue;
+        }
         let env = to_tx_env(&tx.envelope, tx.sender);
         match evm.transact_commit(env) {
             Ok(result) => {
@@ -147,10 +154,27 @@ impl<'a> BlockLedger<'a> {
 
     /// The receipt of `tx`, executed with `result` as the next transaction of the block.
     pub(crate) fn include(&mut self, tx: &RecoveredTx, result: ExecutionResult) -> TxReceipt {
-        let tx_gas = result.tx_gas_used();
-        let success = result.is_success();
+        let nonce = alloy_consensus::Transaction::nonce(&tx.envelope);
+        self.include_parts(
+            tx,
+            result.is_success(),
+            result.tx_gas_used(),
+            result.into_logs(),
+            nonce,
+        )
+    }
+
+    /// The receipt of `tx` that used `tx_gas` and emitted `logs`, executed with the sender's
+    /// `nonce`.
+    fn include_parts(
+        &mut self,
+        tx: &RecoveredTx,
+        success: bool,
+        tx_gas: u64,
+        logs: Vec<alloy_primitives::Log>,
+        nonce: u64,
+    ) -> TxReceipt {
         self.gas_used += tx_gas;
-        let logs = result.into_logs();
         let first_log_index = self.logs;
         self.logs += logs.len() as u64;
         build_receipt(
@@ -161,6 +185,7 @@ impl<'a> BlockLedger<'a> {
             self.gas_used,
             first_log_index,
             self.block.base_fee,
+            nonce,
         )
     }
 
@@ -188,6 +213,84 @@ impl RecoveredTx {
     fn envelope_gas_limit(&self) -> u64 {
         alloy_consensus::Transaction::gas_limit(&self.envelope)
     }
+}
+
+/// Executes an L1 deposit (type 0x7E) as OP does after Regolith:
+/// - the mint is credited to `from` first, and stays whatever happens next;
+/// - the call runs like a legacy transaction with a zero gas price: no fee is charged, nothing
+///   goes to the beneficiary, no base fee applies, and the sender's nonce is whatever it is
+///   (deposits carry none) and goes up by one;
+/// - a deposit that fails before the EVM runs (its `value` above the balance after the mint,
+///   gas below the intrinsic cost, a system flag) or halts is included as failed: status 0, no
+///   logs, the state it leaves is the mint and the nonce bump, and it uses its whole gas limit.
+///   A revert reports the gas it used, as any transaction does.
+///
+/// Its receipt records the nonce before it (OP's `depositNonce`).
+pub(crate) fn execute_deposit<R: StateReader>(
+    evm: &mut MainnetEvm<MainnetContext<Overlay<R>>>,
+    tx: &RecoveredTx,
+    ledger: &mut BlockLedger<'_>,
+) -> Result<TxReceipt, StateError> {
+    let OpTxEnvelope::Deposit(deposit) = &tx.envelope else {
+        return Err(StateError(format!("{} is not a deposit", tx.hash)));
+    };
+    let from = deposit.from;
+    let db = &mut evm.ctx.journaled_state.database;
+    let mut account = db.basic(from)?.unwrap_or_default();
+    if deposit.mint > 0 {
+        account.balance = account.balance.saturating_add(U256::from(deposit.mint));
+        db.set_account_info(from, account.clone());
+    }
+    let nonce = account.nonce;
+    let mut env = to_tx_env(&tx.envelope, from);
+    env.nonce = nonce;
+    let cfg = evm.ctx.cfg.clone();
+    evm.ctx.cfg.disable_base_fee = true;
+    // The aliased sender of a contract's deposit may hold code on L2 only by coincidence;
+    // deposits are authorised by L1, not by a signature.
+    evm.ctx.cfg.disable_eip3607 = true;
+    let result = if deposit.is_system_transaction {
+        None
+    } else {
+        match evm.transact_commit(env) {
+            Ok(result) => Some(result),
+            Err(EVMError::Transaction(_)) => None,
+            Err(EVMError::Database(e)) => {
+                evm.ctx.cfg = cfg;
+                return Err(e);
+            }
+            Err(other) => {
+                evm.ctx.cfg = cfg;
+                return Err(StateError(format!(
+                    "executor: deposit {}: {other}",
+                    tx.hash
+                )));
+            }
+        }
+    };
+    evm.ctx.cfg = cfg;
+    Ok(match result {
+        Some(result @ (ExecutionResult::Success { .. } | ExecutionResult::Revert { .. })) => ledger
+            .include_parts(
+                tx,
+                result.is_success(),
+                result.tx_gas_used(),
+                result.into_logs(),
+                nonce,
+            ),
+        // Halted: revm kept the nonce bump and nothing else (the mint is outside its journal).
+        Some(ExecutionResult::Halt { .. }) => {
+            ledger.include_parts(tx, false, deposit.gas_limit, Vec::new(), nonce)
+        }
+        // Refused before execution: nothing of it reached the state but the mint.
+        None => {
+            let db = &mut evm.ctx.journaled_state.database;
+            let mut account = db.basic(from)?.unwrap_or_default();
+            account.nonce = account.nonce.saturating_add(1);
+            db.set_account_info(from, account);
+            ledger.include_parts(tx, false, deposit.gas_limit, Vec::new(), nonce)
+        }
+    })
 }
 
 /// Translates revm's validation error into geth's message, filling in the state it refers to.
@@ -328,4 +431,182 @@ pub fn execute_tx_env<R: StateReader>(
         "rejected transaction changed state"
     );
     Ok((result, diff))
+}
+
+#[cfg(test)]
+mod deposit_tests {
+    use alloy_consensus::Sealable;
+    use alloy_primitives::{Address, B256, Bytes, TxKind, U256, address};
+    use op_alloy_consensus::{OpTxEnvelope, TxDeposit};
+
+    use super::*;
+    use crate::{MemoryState, ParallelConfig, ParallelExecutor, types::RecoveredTx};
+
+    const FROM: Address = address!("0x1000000000000000000000000000000000000001");
+    const TO: Address = address!("0x2000000000000000000000000000000000000002");
+    /// Runtime code that reverts: PUSH0 PUSH0 REVERT.
+    const REVERTS: [u8; 3] = [0x5f, 0x5f, 0xfd];
+    /// Runtime code that halts: INVALID.
+    const HALTS: [u8; 1] = [0xfe];
+
+    fn deposit(to: TxKind, mint: u128, value: u64, gas: u64, input: &[u8]) -> RecoveredTx {
+        let tx = TxDeposit {
+            source_hash: B256::repeat_byte(0x11),
+            from: FROM,
+            to,
+            mint,
+            value: U256::from(value),
+            gas_limit: gas,
+            is_system_transaction: false,
+            input: Bytes::copy_from_slice(input),
+        };
+        let raw = alloy_eips::eip2718::Encodable2718::encoded_2718(&tx);
+        let envelope = OpTxEnvelope::Deposit(tx.seal_slow());
+        RecoveredTx {
+            hash: envelope.tx_hash(),
+            envelope,
+            sender: FROM,
+            raw: raw.into(),
+        }
+    }
+
+    fn block() -> BlockContext {
+        BlockContext {
+            number: 1,
+            timestamp: 1_700_000_000,
+            beneficiary: address!("0x00000000000000000000000000000000000000c0"),
+            base_fee: 1_000_000_000,
+            gas_limit: 30_000_000,
+            prevrandao: B256::ZERO,
+        }
+    }
+
+    fn state() -> MemoryState {
+        let mut s = MemoryState::new();
+        s.set_account(FROM, U256::from(5), 3, Bytes::new());
+        s.set_account(
+            address!("0x3000000000000000000000000000000000000003"),
+            U256::ZERO,
+            1,
+            Bytes::from_static(&REVERTS),
+        );
+        s.set_account(
+            address!("0x4000000000000000000000000000000000000004"),
+            U256::ZERO,
+            1,
+            Bytes::from_static(&HALTS),
+        );
+        s
+    }
+
+    fn run(txs: Vec<RecoveredTx>) -> (BatchResult, MemoryState) {
+        let config = ExecConfig::dev(901);
+        let mut s = state();
+        let result = execute_batch(&config, &block(), &s, txs.clone(), 0, 0).unwrap();
+        // The parallel executor agrees (it runs batches with deposits sequentially).
+        let parallel = ParallelExecutor::new(ParallelConfig::with_threads(2)).unwrap();
+        let p = parallel
+            .execute_batch(&config, &block(), &s, txs, 0, 0)
+            .unwrap();
+        assert_eq!(p, result);
+        s.apply(&result.diff);
+        (result, s)
+    }
+
+    fn receipt(result: &BatchResult, i: usize) -> &crate::TxReceipt {
+        match &result.outcomes[i] {
+            TxOutcome::Included { receipt, .. } => receipt,
+            other => panic!("not included: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deposit_mints_pays_no_fee_and_bumps_the_nonce() {
+        let (result, s) = run(vec![deposit(TxKind::Call(TO), 1_000, 600, 100_000, b"")]);
+        let r = receipt(&result, 0);
+        assert!(r.receipt.status());
+        assert_eq!(r.gas_used, 21_000);
+        assert_eq!(r.effective_gas_price, 0);
+        assert_eq!(r.receipt.deposit_nonce(), Some(3));
+        assert_eq!(r.receipt.deposit_receipt_version(), Some(1));
+        let from = StateReader::account(&s, FROM).unwrap().unwrap();
+        assert_eq!(from.balance, U256::from(5 + 1_000 - 600));
+        assert_eq!(from.nonce, 4);
+        assert_eq!(
+            StateReader::account(&s, TO).unwrap().unwrap().balance,
+            U256::from(600)
+        );
+        // No fee reached the beneficiary.
+        assert!(
+            StateReader::account(&s, block().beneficiary)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(result.gas_used, 21_000);
+    }
+
+    #[test]
+    fn a_deposit_that_cannot_pay_its_value_fails_but_keeps_its_mint() {
+        let (result, s) = run(vec![deposit(TxKind::Call(TO), 10, 1_000, 50_000, b"")]);
+        let r = receipt(&result, 0);
+        assert!(!r.receipt.status());
+        assert_eq!(
+            r.gas_used, 50_000,
+            "a failed deposit uses its whole gas limit"
+        );
+        assert!(r.receipt.logs().is_empty());
+        let from = StateReader::account(&s, FROM).unwrap().unwrap();
+        assert_eq!(from.balance, U256::from(15));
+        assert_eq!(from.nonce, 4);
+        assert!(StateReader::account(&s, TO).unwrap().is_none());
+    }
+
+    #[test]
+    fn reverted_and_halted_deposits_keep_the_mint_and_the_nonce_bump() {
+        let reverting = address!("0x3000000000000000000000000000000000000003");
+        let halting = address!("0x4000000000000000000000000000000000000004");
+        let (result, s) = run(vec![
+            deposit(TxKind::Call(reverting), 100, 50, 60_000, b""),
+            deposit(TxKind::Call(halting), 100, 50, 70_000, b""),
+        ]);
+        let reverted = receipt(&result, 0);
+        assert!(!reverted.receipt.status());
+        assert!(
+            reverted.gas_used < 60_000,
+            "a revert reports the gas it used"
+        );
+        let halted = receipt(&result, 1);
+        assert!(!halted.receipt.status());
+        assert_eq!(halted.gas_used, 70_000);
+        assert_eq!(halted.receipt.deposit_nonce(), Some(4));
+        let from = StateReader::account(&s, FROM).unwrap().unwrap();
+        assert_eq!(from.balance, U256::from(205));
+        assert_eq!(from.nonce, 5);
+    }
+
+    #[test]
+    fn a_creating_deposit_deploys_at_the_senders_nonce() {
+        // Initcode that returns one byte of runtime code (0x00).
+        let initcode = [0x60, 0x01, 0x60, 0x00, 0x53, 0x60, 0x01, 0x60, 0x00, 0xf3];
+        let (result, s) = run(vec![deposit(TxKind::Create, 0, 0, 200_000, &initcode)]);
+        let r = receipt(&result, 0);
+        assert!(r.receipt.status());
+        let created = FROM.create(3);
+        assert_eq!(r.contract_address, Some(created));
+        assert!(StateReader::account(&s, created).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_system_flagged_deposit_is_a_failed_one() {
+        let mut tx = deposit(TxKind::Call(TO), 7, 0, 40_000, b"");
+        if let OpTxEnvelope::Deposit(sealed) = &tx.envelope {
+            let mut inner = sealed.inner().clone();
+            inner.is_system_transaction = true;
+            tx.envelope = OpTxEnvelope::Deposit(inner.seal_slow());
+        }
+        let (result, s) = run(vec![tx]);
+        assert!(!receipt(&result, 0).receipt.status());
+        let from = StateReader::account(&s, FROM).unwrap().unwrap();
+        assert_eq!((from.balance, from.nonce), (U256::from(12), 4));
+    }
 }

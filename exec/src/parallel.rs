@@ -132,6 +132,9 @@ pub enum SequentialReason {
     /// Transactions too cheap to be worth speculating (see
     /// [`ParallelConfig::min_avg_gas_limit`]).
     CheapTxs,
+    /// The batch carries L1 deposits, which mint outside the EVM (rare: once per L1 block at
+    /// most).
+    Deposits,
 }
 
 /// What happened while executing one batch.
@@ -336,6 +339,8 @@ impl ParallelExecutor {
             Some(SequentialReason::OneThread)
         } else if config.spec.is_enabled_in(SpecId::AMSTERDAM) {
             Some(SequentialReason::Spec)
+        } else if txs.iter().any(RecoveredTx::is_deposit) {
+            Some(SequentialReason::Deposits)
         } else if txs.len() < self.config.min_batch_txs.max(1) || txs.len() > BATCH_TXS_MAX {
             Some(SequentialReason::SmallBatch)
         } else if gas_limits < u128::from(self.config.min_avg_gas_limit) * txs.len() as u128 {

@@ -119,6 +119,13 @@ impl<R: StateReader> Overlay<R> {
         &self.base
     }
 
+    /// Sets an account's balance, nonce and code hash as a committed change (what a deposit's
+    /// mint and a failed deposit's nonce bump do outside the EVM).
+    pub fn set_account_info(&mut self, address: Address, mut info: AccountInfo) {
+        info.code = None;
+        self.diff.accounts.entry(address).or_default().info = Some(info);
+    }
+
     /// Replaces parts of an account for a simulated call (eth_call state overrides).
     /// `storage = Some((true, slots))` replaces the whole storage; `Some((false, slots))`
     /// changes only the given slots.

@@ -3,9 +3,10 @@
 //! throughput), and the checks that need no state. Error texts follow geth's, so wallets and
 //! libraries that match on them keep working.
 
-use alloy_consensus::{Transaction as _, TxEnvelope};
+use alloy_consensus::{SignableTransaction, Transaction as _};
 use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, B256, Bytes, Signature, U256, keccak256};
+use op_alloy_consensus::OpTxEnvelope;
 use revm::{
     context::TxEnv,
     context_interface::{cfg::gas::calculate_initial_tx_gas_for_tx, either::Either},
@@ -40,6 +41,11 @@ pub enum TxError {
     BlobNotSupported,
     #[error("transaction type not supported")]
     UnsupportedType,
+    /// Deposits (0x7E) are made by the node from the L1 Portal's events, never submitted.
+    #[error(
+        "transaction type not supported: deposit transactions come from L1 (the Portal), not from clients"
+    )]
+    DepositNotSubmittable,
     #[error("only replay-protected (EIP-155) transactions allowed over RPC")]
     Unprotected,
     #[error("invalid chain id for signer: have {have} want {want}")]
@@ -109,7 +115,11 @@ pub fn decode_and_recover(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx
     // (0xc0 and up) for a legacy transaction. Anything else is malformed before decoding starts.
     match raw.first() {
         None => return Err(TxError::Decode("empty transaction".into())),
-        Some(0x01..=0x04) | Some(0xc0..=0xff) => {}
+        Some(0x03) => return Err(TxError::BlobNotSupported),
+        Some(0x01 | 0x02 | 0x04) | Some(0xc0..=0xff) => {}
+        Some(&op_alloy_consensus::DEPOSIT_TX_TYPE_ID) => {
+            return Err(TxError::DepositNotSubmittable);
+        }
         Some(0x00..=0x7f) => return Err(TxError::UnsupportedType),
         Some(byte) => {
             return Err(TxError::Decode(format!(
@@ -117,17 +127,55 @@ pub fn decode_and_recover(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx
             )));
         }
     }
+    decode_checked(raw, config)
+}
+
+/// Decodes a transaction of a block: a client's transaction with every check
+/// [`decode_and_recover`] makes, or a deposit (0x7E), whose sender is its `from` (the node
+/// checks deposits against L1, not here).
+pub fn decode_block_tx(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx, TxError> {
+    if raw.first() == Some(&op_alloy_consensus::DEPOSIT_TX_TYPE_ID) {
+        if raw.len() > config.max_tx_size_bytes {
+            return Err(TxError::Oversized {
+                size: raw.len(),
+                limit: config.max_tx_size_bytes,
+            });
+        }
+        let envelope = decode_exact(raw)?;
+        let OpTxEnvelope::Deposit(deposit) = &envelope else {
+            return Err(TxError::UnsupportedType);
+        };
+        let sender = deposit.from;
+        let hash = envelope.tx_hash();
+        return Ok(RecoveredTx {
+            envelope,
+            sender,
+            hash,
+            raw: Bytes::copy_from_slice(raw),
+        });
+    }
+    decode_and_recover(raw, config)
+}
+
+/// The 2718 envelope, with nothing after it.
+fn decode_exact(raw: &[u8]) -> Result<OpTxEnvelope, TxError> {
     let mut buf = raw;
-    let envelope = TxEnvelope::decode_2718(&mut buf).map_err(|e| TxError::Decode(e.to_string()))?;
+    let envelope =
+        OpTxEnvelope::decode_2718(&mut buf).map_err(|e| TxError::Decode(e.to_string()))?;
     if !buf.is_empty() {
         return Err(TxError::Decode(format!(
             "{} trailing bytes after the transaction",
             buf.len()
         )));
     }
+    Ok(envelope)
+}
+
+fn decode_checked(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx, TxError> {
+    let envelope = decode_exact(raw)?;
     check_static(&envelope, config)?;
     let sender = recover_sender(&envelope)?;
-    let hash = *envelope.tx_hash();
+    let hash = envelope.tx_hash();
     Ok(RecoveredTx {
         envelope,
         sender,
@@ -137,10 +185,11 @@ pub fn decode_and_recover(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx
 }
 
 /// The stateless rules, in the order geth checks them.
-pub fn check_static(tx: &TxEnvelope, config: &ExecConfig) -> Result<(), TxError> {
+pub fn check_static(tx: &OpTxEnvelope, config: &ExecConfig) -> Result<(), TxError> {
     match tx {
-        TxEnvelope::Eip4844(_) => return Err(TxError::BlobNotSupported),
-        TxEnvelope::Eip7702(signed) if signed.tx().authorization_list.is_empty() => {
+        OpTxEnvelope::Deposit(_) => return Err(TxError::DepositNotSubmittable),
+        OpTxEnvelope::PostExec(_) => return Err(TxError::UnsupportedType),
+        OpTxEnvelope::Eip7702(signed) if signed.tx().authorization_list.is_empty() => {
             return Err(TxError::EmptyAuthList);
         }
         _ => {}
@@ -182,7 +231,7 @@ pub fn check_static(tx: &TxEnvelope, config: &ExecConfig) -> Result<(), TxError>
 
 /// Intrinsic gas including the EIP-7623 calldata floor (Prague), computed by revm's own rules
 /// so that admission and execution can never disagree.
-pub fn intrinsic_gas(tx: &TxEnvelope, spec: SpecId) -> u64 {
+pub fn intrinsic_gas(tx: &OpTxEnvelope, spec: SpecId) -> u64 {
     let env = to_tx_env(tx, Address::ZERO);
     let gas = calculate_initial_tx_gas_for_tx(&env, spec, None);
     let initial = gas.initial_regular_gas + gas.initial_state_gas;
@@ -194,12 +243,19 @@ pub fn intrinsic_gas(tx: &TxEnvelope, spec: SpecId) -> u64 {
 }
 
 /// Recovers the signer with libsecp256k1, refusing high-`s` signatures (EIP-2).
-pub fn recover_sender(tx: &TxEnvelope) -> Result<Address, TxError> {
-    let signature = tx.signature();
+pub fn recover_sender(tx: &OpTxEnvelope) -> Result<Address, TxError> {
+    let (signature, hash) = match tx {
+        OpTxEnvelope::Legacy(t) => (t.signature(), t.tx().signature_hash()),
+        OpTxEnvelope::Eip2930(t) => (t.signature(), t.tx().signature_hash()),
+        OpTxEnvelope::Eip1559(t) => (t.signature(), t.tx().signature_hash()),
+        OpTxEnvelope::Eip7702(t) => (t.signature(), t.tx().signature_hash()),
+        OpTxEnvelope::Deposit(d) => return Ok(d.from),
+        OpTxEnvelope::PostExec(_) => return Err(TxError::UnsupportedType),
+    };
     if signature.s() > SECP256K1N_HALF || signature.r().is_zero() || signature.s().is_zero() {
         return Err(TxError::InvalidSignature);
     }
-    recover_signer(signature, tx.signature_hash())
+    recover_signer(signature, hash)
 }
 
 /// ECDSA public-key recovery of the address that signed `hash`.
@@ -218,8 +274,9 @@ pub fn recover_signer(signature: &Signature, hash: B256) -> Result<Address, TxEr
     Ok(Address::from_slice(&keccak256(&uncompressed[1..])[12..]))
 }
 
-/// The revm view of a transaction sent by `caller`.
-pub fn to_tx_env(tx: &TxEnvelope, caller: Address) -> TxEnv {
+/// The revm view of a transaction sent by `caller`. A deposit runs as a legacy transaction
+/// with a zero gas price (the executor sets its nonce and switches off the base fee check).
+pub fn to_tx_env(tx: &OpTxEnvelope, caller: Address) -> TxEnv {
     let mut env = TxEnv {
         tx_type: tx.tx_type() as u8,
         caller,
@@ -239,22 +296,33 @@ pub fn to_tx_env(tx: &TxEnvelope, caller: Address) -> TxEnv {
     if let Some(list) = tx.authorization_list() {
         env.authorization_list = list.iter().cloned().map(Either::Left).collect();
     }
-    if let TxEnvelope::Legacy(_) = tx {
-        env.gas_priority_fee = None;
+    match tx {
+        OpTxEnvelope::Legacy(_) => env.gas_priority_fee = None,
+        OpTxEnvelope::Deposit(_) => {
+            env.tx_type = 0;
+            env.gas_price = 0;
+            env.gas_priority_fee = None;
+        }
+        _ => {}
     }
     env
 }
 
 /// The address a contract-creating transaction deploys to.
-pub fn created_address(tx: &TxEnvelope, sender: Address) -> Option<Address> {
+/// The address a contract-creating transaction deploys to. `nonce` is the sender's nonce the
+/// transaction executed with (a deposit carries none of its own).
+pub fn created_address(tx: &OpTxEnvelope, sender: Address, nonce: u64) -> Option<Address> {
     match tx.kind() {
-        TxKind::Create => Some(sender.create(tx.nonce())),
+        TxKind::Create => Some(sender.create(nonce)),
         TxKind::Call(_) => None,
     }
 }
 
-/// What the sender paid per gas under `base_fee`.
-pub fn effective_gas_price(tx: &TxEnvelope, base_fee: u64) -> u128 {
+/// What the sender paid per gas under `base_fee` (nothing, for a deposit: L1 paid).
+pub fn effective_gas_price(tx: &OpTxEnvelope, base_fee: u64) -> u128 {
+    if tx.is_deposit() {
+        return 0;
+    }
     tx.effective_gas_price(Some(base_fee))
 }
 
@@ -289,7 +357,7 @@ mod tests {
     fn encode_1559(tx: TxEip1559) -> Vec<u8> {
         let mut tx = tx;
         let sig = signer().sign_transaction_sync(&mut tx).unwrap();
-        TxEnvelope::from(tx.into_signed(sig)).encoded_2718()
+        alloy_consensus::TxEnvelope::from(tx.into_signed(sig)).encoded_2718()
     }
 
     #[test]
@@ -340,7 +408,7 @@ mod tests {
             input: Bytes::new(),
         };
         let sig = signer().sign_transaction_sync(&mut legacy).unwrap();
-        let raw = TxEnvelope::from(legacy.clone().into_signed(sig)).encoded_2718();
+        let raw = alloy_consensus::TxEnvelope::from(legacy.clone().into_signed(sig)).encoded_2718();
         assert_eq!(decode_and_recover(&raw, &config), Err(TxError::Unprotected));
 
         let mut tx = eip1559(31337, 21_000);
@@ -348,7 +416,7 @@ mod tests {
         // The same signature with s' = n - s verifies mathematically but is malleable.
         let n = U256::from_be_slice(&hex_n());
         let high = Signature::new(sig.r(), n - sig.s(), !sig.v());
-        let raw = TxEnvelope::from(tx.into_signed(high)).encoded_2718();
+        let raw = alloy_consensus::TxEnvelope::from(tx.into_signed(high)).encoded_2718();
         assert_eq!(
             decode_and_recover(&raw, &config),
             Err(TxError::InvalidSignature)

@@ -3,26 +3,40 @@
 
 use std::sync::Arc;
 
-use alloy_consensus::{Header, ReceiptEnvelope, TxEnvelope};
+use alloy_consensus::Header;
 use alloy_primitives::{Address, B256, Bytes};
+use op_alloy_consensus::{OpReceiptEnvelope, OpTxEnvelope};
 use serde::{Deserialize, Serialize};
 
 /// A decoded, signature-checked transaction. `raw` is its EIP-2718 encoding (what was signed
 /// and hashed), kept so that storage and the mini-block log write the exact bytes received.
+///
+/// The envelope is OP's: Ethereum's legacy, 2930, 1559 and 7702 transactions (byte for byte
+/// the same as alloy's `TxEnvelope`), and the deposit transaction (0x7E) that L1 deposits
+/// become. Blob transactions do not exist on this chain. A deposit has no signature: its
+/// `sender` is its `from`, and it is only ever made by the node from L1 events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredTx {
-    pub envelope: TxEnvelope,
+    pub envelope: OpTxEnvelope,
     pub sender: Address,
     pub hash: B256,
     pub raw: Bytes,
+}
+
+impl RecoveredTx {
+    /// Whether this is an L1 deposit (type 0x7E).
+    pub fn is_deposit(&self) -> bool {
+        self.envelope.is_deposit()
+    }
 }
 
 /// The consensus receipt plus the per-transaction facts an RPC receipt carries that are not in
 /// the consensus encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxReceipt {
-    /// Typed receipt with `status`, `cumulative_gas_used` (within its EVM block), logs and bloom.
-    pub receipt: ReceiptEnvelope,
+    /// Typed receipt with `status`, `cumulative_gas_used` (within its EVM block), logs and bloom
+    /// (a deposit's also carries its sender's nonce before it, OP's `depositNonce`).
+    pub receipt: OpReceiptEnvelope,
     /// Gas used by this transaction alone.
     pub gas_used: u64,
     /// `min(max_fee, base_fee + priority_fee)`, what the sender paid per gas.

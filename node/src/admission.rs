@@ -26,6 +26,11 @@ pub fn submit(
     raw: &[u8],
     reply: impl FnOnce(&RecoveredTx) -> Option<ReplySink>,
 ) -> Result<B256, Rejection> {
+    if chain.settlement.as_ref().is_some_and(|s| s.derive) {
+        return Err(Rejection::Unavailable(
+            crate::outcome::Unavailable::DerivesFromL1,
+        ));
+    }
     let (tx, state_nonce) = admit(chain, raw)?;
     let hash = tx.hash;
     let reply = reply(&tx);

@@ -115,6 +115,10 @@ pub struct Chain {
     /// validator waits on its consensus port).
     ingress_waker: std::sync::OnceLock<rtchain_dataplane::PortWaker>,
     shutdown: AtomicBool,
+    /// L1 settlement, when the node settles to (or derives from) an L1.
+    pub settlement: Option<Arc<crate::settlement::Settlement>>,
+    /// Why the node stopped itself (a storage failure, a divergence), for its exit.
+    failure: parking_lot::Mutex<Option<String>>,
 }
 
 /// What the sequencer starts from.
@@ -196,6 +200,17 @@ impl Chain {
 
     pub fn is_shut_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Stops the node because of `why` (the first reason is kept): it serves reads, refuses
+    /// transactions, and `rtchain node` exits with the reason.
+    pub fn fail(&self, why: String) {
+        self.failure.lock().get_or_insert(why);
+        self.shutdown();
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
     }
 
     /// The newest state: the open block's layers over a RocksDB snapshot. Layers first, so
@@ -328,18 +343,39 @@ impl StateReader for LiveState<'_> {
     }
 }
 
+/// The chain's genesis: the configured file or the dev genesis, with the L2 predeploys (the
+/// L1-origin record and the message passer) added where the allocation leaves them free.
+pub fn genesis(config: &NodeConfig) -> Result<Genesis, NodeError> {
+    let mut genesis = match &config.chain.genesis {
+        Some(path) => Genesis::from_file(path)?,
+        None => Genesis::dev(config.chain.chain_id, config.chain.block_gas_limit),
+    };
+    for (address, code) in rtchain_l1::contracts::predeploys() {
+        if !genesis.alloc.iter().any(|(a, _)| *a == address) {
+            genesis.alloc.push((
+                address,
+                rtchain_state::genesis::GenesisAccount {
+                    code: Some(code),
+                    ..Default::default()
+                },
+            ));
+        }
+    }
+    Ok(genesis)
+}
+
 /// Opens the data directory: storage (initialising genesis on first start), the mini-block log,
 /// and the records to replay.
-pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
+pub fn open(
+    config: &NodeConfig,
+    settlement: Option<Arc<crate::settlement::Settlement>>,
+) -> Result<(Chain, Recovered), NodeError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir {
         path: dir.display().to_string(),
         source,
     })?;
-    let genesis = match &config.chain.genesis {
-        Some(path) => Genesis::from_file(path)?,
-        None => Genesis::dev(config.chain.chain_id, config.chain.block_gas_limit),
-    };
+    let genesis = genesis(config)?;
     let spec: SpecId = config.chain.spec.parse().map_err(|_| {
         NodeError::Config(format!(
             "chain.spec: unknown EVM spec {:?}",
@@ -395,6 +431,8 @@ pub fn open(config: &NodeConfig) -> Result<(Chain, Recovered), NodeError> {
         ingress,
         ingress_waker: std::sync::OnceLock::new(),
         shutdown: AtomicBool::new(false),
+        settlement,
+        failure: parking_lot::Mutex::new(None),
     };
     Ok((
         chain,
@@ -471,6 +509,7 @@ fn init_genesis(store: &Store, genesis: &Genesis) -> Result<Head, NodeError> {
         last_mini_block: 0,
         diff: &diff,
         trie: &trie,
+        settlement: &[],
     })?;
     store.sync()?;
     store.set_chain_marker(&chain_marker(genesis.chain_id, hash))?;

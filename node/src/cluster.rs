@@ -28,6 +28,45 @@ pub struct ClusterSpec {
     /// Each node in its own network namespace on a bridge (needs root): nodes get their own
     /// addresses and the default ports, and a node can be cut off by taking its link down.
     pub netns: bool,
+    /// The L1 the cluster settles to, with its contracts deployed for these validators.
+    pub l1: Option<ClusterL1>,
+}
+
+/// A cluster's L1: every node reads it; validator `i` signs output roots with anvil's dev key
+/// `2 + i`, validator 0 posts batches with dev key 1.
+pub struct ClusterL1 {
+    pub url: String,
+    pub deployment: rtchain_l1::deploy::Deployment,
+}
+
+/// The directory of node `i` (validators first, then followers).
+fn node_dir(spec: &ClusterSpec, i: usize) -> PathBuf {
+    if i < spec.validators {
+        spec.dir.join(format!("v{i}"))
+    } else {
+        spec.dir.join(format!("f{}", i - spec.validators))
+    }
+}
+
+/// Writes (or reuses) each node's ed25519 key; returns each key's path and public key.
+/// Keys are kept across runs in `dir/v{i}/validator.key`, so a cluster directory can be
+/// restarted.
+pub fn node_keys(
+    spec: &ClusterSpec,
+) -> Result<Vec<(PathBuf, ed25519_dalek::VerifyingKey)>, String> {
+    let mut keys = Vec::new();
+    for i in 0..spec.validators + spec.followers {
+        let dir = node_dir(spec, i);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let key_path = dir.join("validator.key");
+        let key = if key_path.exists() {
+            crate::keys::load(&key_path).map_err(|e| e.to_string())?
+        } else {
+            crate::keys::generate(&key_path).map_err(|e| e.to_string())?
+        };
+        keys.push((key_path, key.verifying_key()));
+    }
+    Ok(keys)
 }
 
 /// The running nodes, and their namespaces when `netns` is set (removed after the nodes stop).
@@ -86,25 +125,11 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Cluster, String> {
         ));
     }
     let total = spec.validators + spec.followers;
-    let dir_of = |i: usize| {
-        if i < spec.validators {
-            spec.dir.join(format!("v{i}"))
-        } else {
-            spec.dir.join(format!("f{}", i - spec.validators))
-        }
-    };
-    let mut keys = Vec::new();
-    for i in 0..total {
-        let dir = dir_of(i);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let key_path = dir.join("validator.key");
-        let key = if key_path.exists() {
-            crate::keys::load(&key_path).map_err(|e| e.to_string())?
-        } else {
-            crate::keys::generate(&key_path).map_err(|e| e.to_string())?
-        };
-        keys.push((key_path, crate::keys::public_hex(&key)));
-    }
+    let dir_of = |i: usize| node_dir(spec, i);
+    let keys: Vec<(PathBuf, String)> = node_keys(spec)?
+        .into_iter()
+        .map(|(path, key)| (path, format!("0x{}", hex::encode(key.as_bytes()))))
+        .collect();
     let consensus_base = if spec.rpc_base_port == 0 {
         0
     } else {
@@ -179,6 +204,16 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Cluster, String> {
         config.consensus.followers = followers.to_vec();
         config.consensus.key_file = Some(key_path);
         config.consensus.sync = spec.sync;
+        if let Some(l1) = &spec.l1 {
+            crate::devnet::configure_l1(
+                &mut config,
+                &dir,
+                &l1.url,
+                &l1.deployment,
+                i,
+                spec.validators,
+            )?;
+        }
         config.validate()?;
         let config_path = dir.join("node.toml");
         let text = toml::to_string(&config).map_err(|e| format!("config: {e}"))?;

@@ -27,6 +27,84 @@ pub struct NodeConfig {
     pub cores: CoreMap,
     /// BFT replication among validators (docs/consensus.md). No validators: one sequencer.
     pub consensus: ConsensusSection,
+    /// Settlement to Ethereum L1 (docs/l1.md). No `url`: none.
+    pub l1: L1Section,
+}
+
+/// `[l1]`: the L1 this chain settles to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L1Section {
+    /// The L1's JSON-RPC URL; its beacon API (blobs) is read on the same origin. Unset: no
+    /// settlement.
+    pub url: Option<String>,
+    /// Where the contracts are: the record `rtchain l1 deploy` writes. Relative to `data_dir`.
+    pub deployment: PathBuf,
+    /// Which L1 blocks deposits are taken from: `latest`, `safe` (default) or `finalized`.
+    pub confirmation: rtchain_l1::watch::Confirmation,
+    /// How often L1 is read.
+    pub poll_ms: u64,
+    /// This validator's secp256k1 settlement key (hex, `rtchain keys generate --secp256k1`):
+    /// signs output roots and pays for posting them. Unset: this node signs nothing.
+    pub settlement_key_file: Option<PathBuf>,
+    /// The others wait this long after a quorum before posting an output root in the place of
+    /// the validator whose turn it is.
+    pub proposer_grace_ms: u64,
+    pub batcher: BatcherSection,
+    /// Rebuild the chain from L1 alone: read the batches, re-execute, check every output root
+    /// (`rtchain node --derive-from-l1 URL`). Such a node takes no transactions and has no
+    /// peers.
+    pub derive: bool,
+}
+
+/// `[l1.batcher]`: this node posts the chain's data to L1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatcherSection {
+    /// The batcher's secp256k1 key (hex), registered in the inbox. Unset: this node does not
+    /// post batches.
+    pub key_file: Option<PathBuf>,
+    /// `blobs`, `calldata`, or `auto` (blobs, calldata where L1 refuses a blob transaction).
+    pub data: rtchain_l1::batcher::DataMode,
+    /// A block waits at most this long for more blocks to fill its batch.
+    pub max_batch_age_ms: u64,
+    /// Blobs per L1 transaction at most (prague takes 9).
+    pub max_blobs_per_tx: usize,
+    /// An unmined batch transaction is replaced with doubled fees after this long.
+    pub resubmit_after_ms: u64,
+}
+
+impl Default for L1Section {
+    fn default() -> Self {
+        Self {
+            url: None,
+            deployment: PathBuf::from("l1.json"),
+            confirmation: rtchain_l1::watch::Confirmation::Safe,
+            poll_ms: 500,
+            settlement_key_file: None,
+            proposer_grace_ms: 5_000,
+            batcher: BatcherSection::default(),
+            derive: false,
+        }
+    }
+}
+
+impl Default for BatcherSection {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            data: rtchain_l1::batcher::DataMode::Auto,
+            max_batch_age_ms: 2_000,
+            max_blobs_per_tx: 6,
+            resubmit_after_ms: 20_000,
+        }
+    }
+}
+
+impl L1Section {
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
 }
 
 /// `[consensus]`: this node as one of n = 3f+1 validators.
@@ -216,6 +294,7 @@ impl Default for NodeConfig {
             fastpath: FastPathSection::default(),
             cores: CoreMap::default(),
             consensus: ConsensusSection::default(),
+            l1: L1Section::default(),
         }
     }
 }
@@ -322,6 +401,24 @@ impl NodeConfig {
             if c.propose_idle_ms >= c.timeout_leader_ms {
                 return Err("consensus.propose_idle_ms must be below consensus.timeout_leader_ms (or every idle view times out)".into());
             }
+        }
+        let l = &self.l1;
+        if l.enabled() {
+            if l.poll_ms == 0 {
+                return Err("l1.poll_ms must be > 0".into());
+            }
+            if l.batcher.max_blobs_per_tx == 0 || l.batcher.max_blobs_per_tx > 9 {
+                return Err(
+                    "l1.batcher.max_blobs_per_tx must be between 1 and 9 (prague's limit)".into(),
+                );
+            }
+            if l.derive && (self.consensus.enabled() || l.batcher.key_file.is_some()) {
+                return Err("l1.derive: a node deriving from L1 has no validators, followers or batcher key".into());
+            }
+        } else if l.derive || l.batcher.key_file.is_some() || l.settlement_key_file.is_some() {
+            return Err(
+                "l1.derive, l1.batcher.key_file and l1.settlement_key_file need l1.url".into(),
+            );
         }
         if self.storage.minilog_size_bytes < (1 << 20) {
             return Err("storage.minilog_size_bytes must be at least 1 MiB".into());

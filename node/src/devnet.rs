@@ -2,13 +2,227 @@
 //! Ctrl-C), `rtchain devnet` (a single validator with the dev genesis, or a cluster of node
 //! processes), and the state check the crash tests use.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use alloy_primitives::{Address, B256};
+use alloy_signer_local::{MnemonicBuilder, PrivateKeySigner, coins_bip39::English};
+use rtchain_l1::{
+    anvil::{Anvil, AnvilOptions},
+    deploy::{DeployParams, Deployment},
+};
 
 use crate::{
     Node,
-    cluster::{self, ClusterSpec},
+    cluster::{self, ClusterL1, ClusterSpec},
     config::{ConsensusSync, NodeConfig},
 };
+
+/// Which L1 the devnet settles to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L1Choice {
+    /// Start anvil (from the project's node_modules) with the devnet, stop it with it.
+    Anvil,
+    /// An L1 already running (the contracts are deployed there on first start).
+    Url(String),
+    /// No settlement.
+    None,
+}
+
+/// The devnet's settlement parameters.
+#[derive(Debug, Clone)]
+pub struct DevnetL1Options {
+    pub choice: L1Choice,
+    /// Port of the anvil the devnet starts (0: a free one).
+    pub anvil_port: u16,
+    /// L2 blocks between output roots.
+    pub output_interval: u64,
+    /// How long an output root waits on L1 before withdrawals against it can be finalized.
+    pub finalization_secs: u64,
+}
+
+impl Default for DevnetL1Options {
+    fn default() -> Self {
+        Self {
+            choice: L1Choice::Anvil,
+            anvil_port: 8546,
+            output_interval: 10,
+            finalization_secs: 12,
+        }
+    }
+}
+
+/// Anvil's (and hardhat's) dev key `i` of the test mnemonic: funded on the devnet's L1 as on
+/// its L2.
+pub fn dev_key(i: u32) -> PrivateKeySigner {
+    MnemonicBuilder::<English>::default()
+        .phrase(rtchain_state::genesis::DEV_MNEMONIC)
+        .index(i)
+        .and_then(|b| b.build())
+        .expect("the dev mnemonic derives")
+}
+
+/// The dev key the deployer, the registry's and inbox's owner and the guardian use.
+pub const DEV_ADMIN_KEY: u32 = 0;
+/// The dev key of the batcher.
+pub const DEV_BATCHER_KEY: u32 = 1;
+/// Validator `i` signs output roots with dev key `DEV_SETTLEMENT_KEY_FIRST + i`.
+pub const DEV_SETTLEMENT_KEY_FIRST: u32 = 2;
+
+/// The devnet's L1 while it runs: anvil (if the devnet started it) and the contracts.
+pub struct DevnetL1 {
+    pub url: String,
+    pub anvil: Option<Anvil>,
+    pub deployment: Deployment,
+}
+
+/// Starts (or reaches) the devnet's L1 and makes sure the contracts are deployed for these
+/// validators, recording them at `record` (an existing record on the same L1 is reused).
+pub async fn prepare_l1(
+    options: &DevnetL1Options,
+    dir: &Path,
+    l2_chain_id: u64,
+    consensus_keys: Vec<B256>,
+) -> Result<Option<DevnetL1>, String> {
+    if options.choice != L1Choice::None {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let (url, anvil) = match &options.choice {
+        L1Choice::None => return Ok(None),
+        L1Choice::Url(url) => (url.clone(), None),
+        L1Choice::Anvil => {
+            let anvil_options = AnvilOptions {
+                port: options.anvil_port,
+                // Blocks, receipts and blobs survive a devnet restart on the same directory.
+                state_file: Some(dir.join("anvil-state.json")),
+                log_file: Some(dir.join("anvil.log")),
+                ..AnvilOptions::default()
+            };
+            let anvil = tokio::task::spawn_blocking(move || Anvil::start(&anvil_options))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            (anvil.url.clone(), Some(anvil))
+        }
+    };
+    let record = dir.join("l1.json");
+    if record.exists() {
+        let deployment = Deployment::load(&record).map_err(|e| e.to_string())?;
+        if deployed_at(&url, &deployment).await {
+            return Ok(Some(DevnetL1 {
+                url,
+                anvil,
+                deployment,
+            }));
+        }
+        tracing::warn!(
+            "{} names contracts that {url} does not hold: deploying again",
+            record.display()
+        );
+    }
+    let settlement_keys: Vec<Address> = (0..consensus_keys.len() as u32)
+        .map(|i| dev_key(DEV_SETTLEMENT_KEY_FIRST + i).address())
+        .collect();
+    let params = DeployParams {
+        l2_chain_id,
+        admin: dev_key(DEV_ADMIN_KEY).address(),
+        batcher: dev_key(DEV_BATCHER_KEY).address(),
+        consensus_keys,
+        settlement_keys,
+        epoch_length: 100_000,
+        submission_interval: options.output_interval,
+        finalization_period_secs: options.finalization_secs,
+    };
+    let deployment = rtchain_l1::deploy::deploy(&url, dev_key(DEV_ADMIN_KEY), &params)
+        .await
+        .map_err(|e| e.to_string())?;
+    deployment.save(&record).map_err(|e| e.to_string())?;
+    Ok(Some(DevnetL1 {
+        url,
+        anvil,
+        deployment,
+    }))
+}
+
+/// Whether the contracts a record names exist on the L1 at `url`.
+async fn deployed_at(url: &str, deployment: &Deployment) -> bool {
+    use alloy::providers::{Provider, ProviderBuilder};
+    let Ok(provider) = ProviderBuilder::new().connect(url).await else {
+        return false;
+    };
+    provider
+        .get_chain_id()
+        .await
+        .is_ok_and(|id| id == deployment.l1_chain_id)
+        && provider
+            .get_code_at(deployment.inbox)
+            .await
+            .is_ok_and(|code| !code.is_empty())
+}
+
+/// `[l1]` for node `index` of a devnet whose directory is `dir`: the record copied into its
+/// data directory, and its dev keys written beside its config (validator `index` signs, the
+/// first one also posts batches; followers only read).
+pub fn configure_l1(
+    config: &mut NodeConfig,
+    dir: &Path,
+    url: &str,
+    deployment: &Deployment,
+    index: usize,
+    validators: usize,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    deployment
+        .save(&config.data_dir.join("l1.json"))
+        .map_err(|e| e.to_string())?;
+    config.l1.url = Some(url.to_owned());
+    config.l1.deployment = PathBuf::from("l1.json");
+    let write_key = |name: &str, key: u32| -> Result<PathBuf, String> {
+        let path = dir.join(name);
+        if !path.exists() {
+            let secret: [u8; 32] = dev_key(key).to_bytes().into();
+            crate::keys::write_secret(&path, &secret).map_err(|e| e.to_string())?;
+        }
+        Ok(path)
+    };
+    if index < validators {
+        config.l1.settlement_key_file = Some(write_key(
+            "settlement.key",
+            DEV_SETTLEMENT_KEY_FIRST + index as u32,
+        )?);
+        if index == 0 {
+            config.l1.batcher.key_file = Some(write_key("batcher.key", DEV_BATCHER_KEY)?);
+        }
+    }
+    Ok(())
+}
+
+/// Prints where the L2's L1 is and what is deployed there.
+fn print_l1(l1: &DevnetL1) {
+    let d = &l1.deployment;
+    println!(
+        "L1: {} (chain id {}{})",
+        l1.url,
+        d.l1_chain_id,
+        if l1.anvil.is_some() {
+            ", anvil started by the devnet"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "L1 contracts: Portal {}  OutputOracle {}  BatchInbox {}  ValidatorRegistry {}",
+        d.portal, d.oracle, d.inbox, d.registry
+    );
+    println!(
+        "Output roots every {} L2 blocks, withdrawals final {} s after their root; `rtchain l1 status --rpc URL`",
+        d.submission_interval, d.finalization_period_secs
+    );
+}
 
 /// What `rtchain devnet` was asked for.
 #[derive(Debug, Clone)]
@@ -26,6 +240,7 @@ pub struct DevnetOptions {
     pub validators: usize,
     pub followers: usize,
     pub netns: bool,
+    pub l1: DevnetL1Options,
 }
 
 /// `rtchain devnet`: one validator in this process, or `validators` node processes.
@@ -63,13 +278,30 @@ pub async fn run(options: DevnetOptions) -> Result<(), String> {
         );
         config.storage.minilog_sync = rtchain_state::minilog::SyncMode::Off;
     }
+    // The single validator's consensus key is never used to vote; the registry still wants
+    // one per validator.
+    let placeholder = alloy_primitives::keccak256("rtchain devnet validator 0");
+    let l1 = prepare_l1(
+        &options.l1,
+        &config.data_dir,
+        config.chain.chain_id,
+        vec![placeholder],
+    )
+    .await?;
+    if let Some(l1) = &l1 {
+        let dir = config.data_dir.clone();
+        configure_l1(&mut config, &dir, &l1.url, &l1.deployment, 0, 1)?;
+        print_l1(l1);
+    }
     // The dev accounts are funded only by the built-in dev genesis.
     let banner = if config.chain.genesis.is_none() {
         Some(print_dev_accounts as fn())
     } else {
         None
     };
-    run_node(config, banner).await
+    let result = run_node(config, banner).await;
+    drop(l1);
+    result
 }
 
 /// `devnet --validators N`: N `rtchain node` processes on loopback, stopped together.
@@ -81,7 +313,7 @@ async fn run_cluster(options: DevnetOptions) -> Result<(), String> {
             "WARNING: --unsafe-no-sync: votes and mini-blocks are not synced; a crash can lose acknowledged transactions and make a validator equivocate"
         );
     }
-    let spec = ClusterSpec {
+    let mut spec = ClusterSpec {
         dir: dir.clone(),
         validators: options.validators,
         followers: options.followers,
@@ -96,7 +328,21 @@ async fn run_cluster(options: DevnetOptions) -> Result<(), String> {
         rpc_base_port: options.rpc_addr.port(),
         netns: options.netns,
         fastpath_base_port: (!options.no_fastpath).then_some(options.fastpath_addr.port()),
+        l1: None,
     };
+    let consensus_keys = cluster::node_keys(&spec)?
+        .iter()
+        .take(options.validators)
+        .map(|(_, key)| B256::from(key.to_bytes()))
+        .collect();
+    let l1 = prepare_l1(&options.l1, &dir, options.chain_id, consensus_keys).await?;
+    if let Some(l1) = &l1 {
+        print_l1(l1);
+        spec.l1 = Some(ClusterL1 {
+            url: l1.url.clone(),
+            deployment: l1.deployment.clone(),
+        });
+    }
     let mut cluster = tokio::task::spawn_blocking(move || cluster::launch(&spec))
         .await
         .map_err(|e| e.to_string())??;
@@ -144,6 +390,7 @@ async fn run_cluster(options: DevnetOptions) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?;
+    drop(l1);
     Ok(())
 }
 
@@ -173,7 +420,6 @@ pub fn verify_state(data_dir: &std::path::Path) -> Result<(), String> {
 }
 
 fn print_dev_accounts() {
-    use alloy_signer_local::{MnemonicBuilder, coins_bip39::English};
     println!(
         "Dev accounts (10,000 ETH each), mnemonic: {}",
         rtchain_state::genesis::DEV_MNEMONIC
@@ -218,10 +464,22 @@ pub async fn run_node(config: NodeConfig, banner: Option<fn()>) -> Result<(), St
     if let Some(banner) = banner {
         banner();
     }
-    shutdown.await;
-    println!("shutting down");
+    let chain = node.chain.clone();
+    let stopped_itself = async move {
+        while !chain.is_shut_down() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown => println!("shutting down"),
+        _ = stopped_itself => {}
+    }
+    let failure = node.chain.failure();
     node.stop().await;
-    Ok(())
+    match failure {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C; the handlers are installed when this returns.

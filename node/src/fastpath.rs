@@ -170,7 +170,9 @@ pub fn reject_code(rejection: &Rejection) -> RejectCode {
         Rejection::Invalid(error) => match error {
             TxError::Oversized { .. } => RejectCode::Oversized,
             TxError::Decode(_) => RejectCode::Malformed,
-            TxError::BlobNotSupported | TxError::UnsupportedType => RejectCode::UnsupportedTxType,
+            TxError::BlobNotSupported
+            | TxError::UnsupportedType
+            | TxError::DepositNotSubmittable => RejectCode::UnsupportedTxType,
             TxError::Unprotected | TxError::WrongChainId { .. } => RejectCode::WrongChainId,
             TxError::InvalidSignature | TxError::InvalidSender(_) => RejectCode::InvalidSignature,
             TxError::IntrinsicGasTooLow { .. } => RejectCode::IntrinsicGas,

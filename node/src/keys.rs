@@ -1,8 +1,9 @@
-//! `rtchain keys`: validator keys for BFT replication (ed25519, docs/consensus.md).
+//! `rtchain keys`: validator keys for BFT replication (ed25519, docs/consensus.md) and
+//! secp256k1 keys for settlement (signing output roots, posting batches: docs/l1.md).
 //!
-//! A key file holds the 32-byte secret seed as one line of hex, readable by its owner only
-//! (mode 0600, created exclusively: an existing file is never overwritten). The public key is
-//! what the other validators list in their configs.
+//! A key file holds the 32-byte secret as one line of hex, readable by its owner only (mode
+//! 0600, created exclusively: an existing file is never overwritten). The public key (or, for
+//! secp256k1, the address) is what the other validators and the L1 contracts list.
 
 use std::{
     io::{Read, Write},
@@ -10,6 +11,7 @@ use std::{
     path::Path,
 };
 
+use alloy_signer_local::PrivateKeySigner;
 use ed25519_dalek::SigningKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +23,7 @@ pub enum KeyError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: not a validator key file (expected 64 hex digits on one line)")]
+    #[error("{path}: not a key file (expected 64 hex digits on one line)")]
     Malformed { path: String },
     #[error("{path}: readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions { path: String, mode: u32 },
@@ -36,13 +38,48 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     }
 }
 
-/// Creates a new key at `path` from OS randomness; returns its public key.
+/// Creates a new ed25519 key at `path` from OS randomness.
 pub fn generate(path: &Path) -> Result<SigningKey, KeyError> {
+    let seed = random_secret()?;
+    write_secret(path, &seed)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Reads the ed25519 key at `path`, refusing a file others can read.
+pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
+    Ok(SigningKey::from_bytes(&read_secret(path)?))
+}
+
+/// Creates a new secp256k1 settlement key at `path`.
+pub fn generate_secp256k1(path: &Path) -> Result<PrivateKeySigner, KeyError> {
+    // Retries the (astronomically rare) seed outside the curve order.
+    loop {
+        let seed = random_secret()?;
+        if let Ok(key) = PrivateKeySigner::from_slice(&seed) {
+            write_secret(path, &seed)?;
+            return Ok(key);
+        }
+    }
+}
+
+/// Reads the secp256k1 key at `path`, refusing a file others can read.
+pub fn load_secp256k1(path: &Path) -> Result<PrivateKeySigner, KeyError> {
+    let seed = read_secret(path)?;
+    PrivateKeySigner::from_slice(&seed).map_err(|_| KeyError::Malformed {
+        path: path.display().to_string(),
+    })
+}
+
+fn random_secret() -> Result<[u8; 32], KeyError> {
     let mut seed = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(KeyError::Random)?;
-    let key = SigningKey::from_bytes(&seed);
+    Ok(seed)
+}
+
+/// Writes a secret to a new file (mode 0600), synced; never overwrites one.
+pub fn write_secret(path: &Path, seed: &[u8; 32]) -> Result<(), KeyError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -59,12 +96,10 @@ pub fn generate(path: &Path) -> Result<SigningKey, KeyError> {
         })?;
     file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(io(path))?;
-    Ok(key)
+        .map_err(io(path))
 }
 
-/// Reads the key at `path`, refusing a file others can read.
-pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
+fn read_secret(path: &Path) -> Result<[u8; 32], KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map_err(io(path))?
@@ -81,9 +116,8 @@ pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
     let malformed = || KeyError::Malformed {
         path: path.display().to_string(),
     };
-    let bytes = hex::decode(text.trim()).map_err(|_| malformed())?;
-    let seed: [u8; 32] = bytes.try_into().map_err(|_| malformed())?;
-    Ok(SigningKey::from_bytes(&seed))
+    let bytes = hex::decode(text.trim().trim_start_matches("0x")).map_err(|_| malformed())?;
+    bytes.try_into().map_err(|_| malformed())
 }
 
 /// The public key as validators list it: 0x-prefixed hex.

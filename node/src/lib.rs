@@ -16,14 +16,17 @@ pub mod admission;
 pub mod chain;
 pub mod cluster;
 pub mod config;
+pub mod derive;
 pub mod devnet;
 pub mod fastpath;
 pub mod keys;
+pub mod l1_cli;
 pub mod outcome;
 pub mod pool;
 pub mod replica;
 pub mod rpc_backend;
 pub mod sequencer;
+pub mod settlement;
 pub mod transport;
 
 use std::sync::Arc;
@@ -48,6 +51,9 @@ pub enum NodeError {
     State(#[from] rtchain_exec::StateError),
     #[error("recovery: {0}")]
     Recovery(String),
+    /// This node's execution differs from what the chain (its validators, or L1) says.
+    #[error("diverged: {0}")]
+    Diverged(String),
     #[error("rpc: {0}")]
     Rpc(String),
     #[error("data directory {path}: {source}")]
@@ -63,6 +69,8 @@ pub struct Node {
     pub rpc: rtchain_rpc::RpcHandle,
     pub fastpath: Option<fastpath::FastPath>,
     sequencer: Option<rtchain_dataplane::tile::TileHandle<()>>,
+    /// L1 tasks (watcher, batcher, proposer, tick), aborted at stop.
+    l1_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -77,8 +85,18 @@ impl Node {
             Ok(_) => tracing::debug!("one NUMA node: no memory binding needed"),
             Err(e) => tracing::warn!("cannot read the NUMA topology ({e}); no memory binding"),
         }
-        let (chain, recovered) = chain::open(&config)?;
+        let settlement = if config.l1.enabled() {
+            Some(Arc::new(settlement::open(&config).await?))
+        } else {
+            None
+        };
+        let (chain, recovered) = chain::open(&config, settlement.clone())?;
         let chain = Arc::new(chain);
+        // L1 first: the sequencer's first mini-block may take deposits.
+        let mut l1_tasks = match &settlement {
+            Some(s) => settlement::spawn_tasks(&config, s.clone(), chain.clone()).await?,
+            None => Vec::new(),
+        };
         let backend = Arc::new(NodeBackend::new(chain.clone()));
         // The fast path starts first: the sequencer answers through its reply rings.
         let (fastpath, answers) = if config.fastpath.enabled {
@@ -91,7 +109,24 @@ impl Node {
         };
         let sequencer = Sequencer::open(chain.clone(), recovered, answers, &config)?;
         let core = config.cores.sequencer;
-        let tile = if config.consensus.enabled() {
+        let tile = if config.l1.derive {
+            let settlement = settlement.clone().expect("derive needs l1.url (validated)");
+            let (blocks, received) = crossbeam_channel::bounded(derive::DERIVED_BLOCKS_AHEAD);
+            let provider = alloy::providers::ProviderBuilder::new()
+                .connect(config.l1.url.as_deref().unwrap_or_default())
+                .await
+                .map_err(|e| NodeError::Config(format!("l1.url: {e}")))?;
+            l1_tasks.push(tokio::spawn(derive::follow(
+                alloy::providers::Provider::erased(provider),
+                config.l1.url.clone().unwrap_or_default(),
+                settlement,
+                chain.clone(),
+                config.l1.confirmation,
+                blocks,
+                std::time::Duration::from_millis(config.l1.poll_ms),
+            )));
+            sequencer::spawn(sequencer, core, move |seq| seq.run_derived(received))?
+        } else if config.consensus.enabled() {
             let replica = Replica::open(&config, &chain)?;
             backend.set_consensus_stats(replica.stats());
             sequencer::spawn(sequencer, core, move |seq| replica.run(seq))?
@@ -120,11 +155,15 @@ impl Node {
             rpc,
             fastpath,
             sequencer: Some(tile),
+            l1_tasks,
         })
     }
 
     /// Stops RPC, lets the sequencer finish its mini-block, and syncs storage.
     pub async fn stop(mut self) {
+        for task in self.l1_tasks.drain(..) {
+            task.abort();
+        }
         self.rpc.stop();
         self.rpc.stopped().await;
         if let Some(fastpath) = self.fastpath.take() {

@@ -119,6 +119,11 @@ pub enum Unavailable {
     ShuttingDown,
     #[error("sequencer stopped")]
     SequencerStopped,
+    /// A node that derives its chain from L1 takes no transactions: send them to a validator.
+    #[error(
+        "this node derives its chain from L1 and takes no transactions; send them to a validator"
+    )]
+    DerivesFromL1,
 }
 
 /// Why an admitted transaction was never processed.

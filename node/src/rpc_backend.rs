@@ -315,15 +315,108 @@ impl Backend for NodeBackend {
 
     fn head(&self) -> ChainHead {
         let state = self.chain.state.read();
-        // Alone, a sealed block is final the moment it is written; as a validator, only
-        // finalized mini-blocks are ever committed, so again every sealed block is final.
+        // Without L1, a sealed block is final the moment it is written (alone), or once 2f+1
+        // validators finalized it (only finalized content is committed). Settled to L1,
+        // `safe` and `finalized` mean what they mean on OP chains: the newest L2 block whose
+        // batch is in a safe / finalized L1 block.
+        let (safe, finalized) = match &self.chain.settlement {
+            Some(s) => {
+                let view = s.view.read();
+                (
+                    view.l2_safe.min(state.head.number),
+                    view.l2_finalized.min(state.head.number),
+                )
+            }
+            None => (state.head.number, state.head.number),
+        };
         ChainHead {
             block_number: state.head.number,
             block_hash: state.head.hash,
             mini_block_number: state.last_mini_block,
-            safe_block_number: state.head.number,
-            finalized_block_number: state.head.number,
+            safe_block_number: safe,
+            finalized_block_number: finalized,
         }
+    }
+
+    fn l1_status(&self) -> serde_json::Value {
+        let Some(s) = &self.chain.settlement else {
+            return serde_json::Value::Null;
+        };
+        let head = self.chain.state.read().head.number;
+        let view = s.view.read();
+        let batcher = s.batcher.lock();
+        let proposer = s.proposer.lock();
+        let book = s.book.lock();
+        let last_batch = batcher.posted.last();
+        let last_output = proposer.posted.last();
+        serde_json::json!({
+            "deployment": s.deployment,
+            "l1": {
+                "latest": view.latest,
+                "safe": view.safe,
+                "finalized": view.finalized,
+                "errorsInARow": view.errors_in_a_row,
+                "lastError": view.last_error,
+            },
+            "l2": {
+                "head": head,
+                "safe": view.l2_safe.min(head),
+                "finalized": view.l2_finalized.min(head),
+                "safeLag": head.saturating_sub(view.l2_safe),
+                "finalizedLag": head.saturating_sub(view.l2_finalized),
+            },
+            "inbox": {
+                "nextL2Block": view.inbox_next_block,
+                "batches": view.inbox_batches,
+                "postedLag": head.saturating_sub(view.inbox_next_block.saturating_sub(1)),
+            },
+            "batcher": {
+                "posted": batcher.posted.len(),
+                "last": last_batch,
+                "replacements": batcher.replacements,
+                "reverted": batcher.reverted,
+                "errors": batcher.errors,
+                "lastError": batcher.last_error,
+            },
+            "proposer": {
+                "oracleNextBlock": book.next_wanted,
+                "outputLag": head.saturating_sub(book.next_wanted.saturating_sub(book.interval)),
+                "posted": proposer.posted.len(),
+                "last": last_output,
+                "errors": proposer.errors,
+                "lastError": proposer.last_error,
+                "signer": s.signer_address(),
+            },
+        })
+    }
+
+    fn withdrawal_proof(
+        &self,
+        withdrawal_hash: B256,
+        l2_block: u64,
+    ) -> Result<serde_json::Value, BackendError> {
+        if self.chain.settlement.is_none() {
+            return Err(BackendError::Unavailable(
+                "this node does not settle to L1".into(),
+            ));
+        }
+        let Some((proof, value, nodes)) =
+            crate::settlement::withdrawal_proof(&self.chain.store, l2_block, withdrawal_hash)
+                .map_err(BackendError::Internal)?
+        else {
+            return Err(BackendError::InvalidParams(format!(
+                "block {l2_block} is not an output block this node sealed"
+            )));
+        };
+        Ok(serde_json::json!({
+            "l2BlockNumber": l2_block,
+            "outputRoot": proof.root(),
+            "outputRootProof": proof,
+            "withdrawalHash": withdrawal_hash,
+            "storageSlot": rtchain_l1::output::withdrawal_slot(withdrawal_hash),
+            "sent": !value.is_zero(),
+            "withdrawalProof": nodes,
+        }))
     }
 
     fn block_by_number(&self, number: u64) -> Result<Option<Arc<SealedBlock>>, BackendError> {

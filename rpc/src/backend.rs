@@ -114,6 +114,25 @@ pub trait Backend: Send + Sync + 'static {
         serde_json::Value::Null
     }
 
+    /// Settlement to L1 for `rtchain_l1Status`: heads, latest batch and output root, lags
+    /// (docs/l1.md). `null` when the node does not settle to L1.
+    fn l1_status(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// For `rtchain_getWithdrawalProof`: the output root's fields at `l2_block` (an output
+    /// block) and the message passer's storage proof of `withdrawal_hash`.
+    fn withdrawal_proof(
+        &self,
+        withdrawal_hash: B256,
+        l2_block: u64,
+    ) -> Result<serde_json::Value, BackendError> {
+        let _ = (withdrawal_hash, l2_block);
+        Err(BackendError::Unavailable(
+            "this node does not settle to L1".into(),
+        ))
+    }
+
     /// Sealed EVM blocks.
     fn block_by_number(&self, number: u64) -> Result<Option<Arc<SealedBlock>>, BackendError>;
     fn block_number_by_hash(&self, hash: B256) -> Result<Option<u64>, BackendError>;

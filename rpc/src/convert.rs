@@ -8,10 +8,17 @@ use alloy_consensus::Transaction as _;
 use alloy_consensus::transaction::{Recovered, TransactionInfo};
 use alloy_primitives::{B256, U256};
 use alloy_rlp::Encodable as _;
-use alloy_rpc_types_eth::{
-    Block, BlockTransactions, Header, Log, Transaction, TransactionReceipt, Withdrawals,
-};
+use alloy_rpc_types_eth::{BlockTransactions, Header, Log, Withdrawals};
+use op_alloy_consensus::{OpReceiptEnvelope, OpTxEnvelope};
 use rtchain_exec::types::{MiniBlock, RecoveredTx, SealedBlock, TxLocation, TxReceipt};
+
+/// A transaction object: Ethereum's fields, and a deposit's own (`sourceHash`, `mint`,
+/// `isSystemTx`) for type 0x7E, as OP chains show them.
+pub(crate) type Transaction = alloy_rpc_types_eth::Transaction<OpTxEnvelope>;
+/// A receipt object (a deposit's carries `depositNonce` and `depositReceiptVersion`).
+pub(crate) type TransactionReceipt =
+    alloy_rpc_types_eth::TransactionReceipt<OpReceiptEnvelope<Log>>;
+pub(crate) type Block = alloy_rpc_types_eth::Block<Transaction>;
 use serde::Serialize;
 
 use crate::backend::ReceiptView;
@@ -316,15 +323,16 @@ fn tx_in_body_len(raw: &[u8]) -> usize {
 mod tests {
     use super::*;
     use alloy_consensus::{
-        BlockBody, Header as ConsensusHeader, SignableTransaction, TxEip1559, TxEnvelope, TxLegacy,
+        BlockBody, Header as ConsensusHeader, SignableTransaction, TxEip1559, TxLegacy,
     };
     use alloy_eips::eip2718::Encodable2718;
     use alloy_primitives::{Address, Bytes, Signature, TxKind};
+    use op_alloy_consensus::OpTxEnvelope as TxEnvelope;
 
     fn recovered(envelope: TxEnvelope) -> RecoveredTx {
         let raw = Bytes::from(envelope.encoded_2718());
         RecoveredTx {
-            hash: *envelope.tx_hash(),
+            hash: envelope.tx_hash(),
             envelope,
             sender: Address::repeat_byte(1),
             raw,

@@ -15,8 +15,8 @@ use alloy_eips::{BlockId, BlockNumberOrTag};
 use alloy_primitives::{Address, B256, Bytes, U64, U128, U256, keccak256};
 use alloy_rpc_types_eth::state::StateOverride;
 use alloy_rpc_types_eth::{
-    AccessListResult, Block, BlockOverrides, EIP1186AccountProofResponse, FeeHistory, Filter,
-    FilterBlockOption, Index, Log, Transaction, TransactionReceipt, TransactionRequest,
+    AccessListResult, BlockOverrides, EIP1186AccountProofResponse, FeeHistory, Filter,
+    FilterBlockOption, Index, Log, TransactionRequest,
 };
 use alloy_serde::JsonStorageKey;
 use jsonrpsee::RpcModule;
@@ -27,8 +27,8 @@ use rtchain_exec::types::SealedBlock;
 use crate::RpcContext;
 use crate::backend::{BackendError, CallOutcome, ChainHead, StateAt};
 use crate::convert::{
-    RealtimeReceipt, TxPosition, block_receipts, realtime_receipt, rpc_block, rpc_receipt,
-    rpc_transaction,
+    Block, RealtimeReceipt, Transaction, TransactionReceipt, TxPosition, block_receipts,
+    realtime_receipt, rpc_block, rpc_receipt, rpc_transaction,
 };
 use crate::error::{
     RpcResult, code, execution_reverted, from_backend, header_not_found, internal_error,
@@ -259,6 +259,8 @@ macro_rules! blocking {
 pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
     inline!(module, "web3_clientVersion", client_version);
     inline!(module, "rtchain_nodeStats", node_stats);
+    inline!(module, "rtchain_l1Status", l1_status);
+    inline!(module, "rtchain_getWithdrawalProof", withdrawal_proof);
     inline!(module, "web3_sha3", sha3);
     inline!(module, "net_version", net_version);
     inline!(module, "net_listening", net_listening);
@@ -353,6 +355,22 @@ fn client_version(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<String> {
 fn node_stats(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<serde_json::Value> {
     Args::new(params, 0)?;
     Ok(ctx.backend.node_stats())
+}
+
+fn l1_status(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<serde_json::Value> {
+    Args::new(params, 0)?;
+    Ok(ctx.backend.l1_status())
+}
+
+/// `rtchain_getWithdrawalProof(withdrawalHash, l2BlockNumber)`: what the Portal's
+/// `proveWithdrawalTransaction` takes for that output block (docs/l1.md).
+fn withdrawal_proof(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<serde_json::Value> {
+    let mut args = Args::new(params, 2)?;
+    let hash: B256 = args.required()?;
+    let block: HexOrDecimal = args.required()?;
+    ctx.backend
+        .withdrawal_proof(hash, block.0)
+        .map_err(from_backend)
 }
 
 fn sha3(_: &RpcContext, params: &Params<'_>) -> RpcResult<B256> {

@@ -1,9 +1,9 @@
 //! Fixed binary encodings of what RocksDB stores. Every decoder checks lengths and returns an
 //! error instead of panicking on a corrupt record.
 
-use alloy_consensus::ReceiptEnvelope;
 use alloy_eips::eip2718::{Decodable2718, Encodable2718};
 use alloy_primitives::{Address, B256, Bytes, U256};
+use op_alloy_consensus::{OpReceiptEnvelope, OpTxEnvelope};
 use revm::state::AccountInfo;
 use rtchain_exec::{RecoveredTx, TxReceipt};
 
@@ -112,9 +112,9 @@ pub fn decode_transactions(bytes: &[u8]) -> Result<Vec<RecoveredTx>, StoreError>
         let sender = r.address()?;
         let len = r.u32()? as usize;
         let raw = r.take(len)?;
-        let envelope = alloy_consensus::TxEnvelope::decode_2718(&mut &raw[..])
+        let envelope = OpTxEnvelope::decode_2718(&mut &raw[..])
             .map_err(|e| StoreError::Corrupt(format!("stored transaction: {e}")))?;
-        let hash = *envelope.tx_hash();
+        let hash = envelope.tx_hash();
         txs.push(RecoveredTx {
             envelope,
             sender,
@@ -150,7 +150,7 @@ pub fn decode_receipts(bytes: &[u8]) -> Result<Vec<TxReceipt>, StoreError> {
     for _ in 0..count {
         let len = r.u32()? as usize;
         let raw = r.take(len)?;
-        let receipt = ReceiptEnvelope::decode_2718(&mut &raw[..])
+        let receipt = OpReceiptEnvelope::decode_2718(&mut &raw[..])
             .map_err(|e| StoreError::Corrupt(format!("stored receipt: {e}")))?;
         let gas_used = r.u64()?;
         let effective_gas_price = r.u128()?;

@@ -128,6 +128,7 @@ pub fn apply_diff(
                 }
             }
             let root = storage.root_hash();
+            writes.storage_roots.push((*address, root));
             let updates = storage.take_updates();
             // After a range delete of the whole trie, deletes inside it are redundant.
             if !change.storage_cleared {
@@ -188,6 +189,100 @@ pub fn full_state_root(view: &StoreView<'_>) -> Result<B256, StoreError> {
         Ok(())
     })?;
     Ok(state_root_unsorted(leaves))
+}
+
+/// The storage-trie nodes of `address` that `writes` puts (RLP encodings), for keeping them by
+/// hash.
+pub fn storage_nodes_written<'a>(
+    writes: &'a TrieWrites,
+    address: &Address,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let prefix = storage_prefix(address);
+    writes
+        .puts
+        .iter()
+        .filter(move |(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// The storage root of `address` in the state whose root is `root`.
+pub fn storage_root(
+    view: &StoreView<'_>,
+    root: B256,
+    address: Address,
+) -> Result<B256, StoreError> {
+    Ok(prove(view, root, address, &[])?
+        .account
+        .map_or(EMPTY_ROOT_HASH, |a| a.storage_root))
+}
+
+/// A storage proof (EIP-1186 `storageProof[].proof` shape: the RLP of every hash-referenced
+/// node from the root down) of `slot` in a storage trie whose root is `root`, with nodes loaded
+/// by their hash; and the slot's value. Works for any root whose nodes `load` holds, so for
+/// tries that have since changed.
+pub fn prove_by_hash(
+    root: B256,
+    slot: B256,
+    load: impl Fn(B256) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<(U256, Vec<Bytes>), StoreError> {
+    use alloy_trie::nodes::TrieNode;
+    if root == EMPTY_ROOT_HASH {
+        return Ok((U256::ZERO, Vec::new()));
+    }
+    let key = alloy_trie::Nibbles::unpack(keccak256(slot));
+    let mut proof = Vec::new();
+    let mut depth = 0;
+    let mut node =
+        load(root)?.ok_or_else(|| StoreError::Corrupt(format!("trie node {root} not kept")))?;
+    proof.push(Bytes::copy_from_slice(&node));
+    // Bound: a path is at most 64 nibbles, one node per nibble at worst (plus its leaf).
+    for _ in 0..=64 {
+        let decoded = TrieNode::decode(&mut &node[..])
+            .map_err(|e| StoreError::Corrupt(format!("trie node: {e}")))?;
+        let child = match decoded {
+            TrieNode::EmptyRoot => return Ok((U256::ZERO, proof)),
+            TrieNode::Leaf(leaf) => {
+                if key.slice(depth..) != leaf.key {
+                    return Ok((U256::ZERO, proof));
+                }
+                let value = U256::decode(&mut &leaf.value[..])
+                    .map_err(|e| StoreError::Corrupt(format!("storage leaf: {e}")))?;
+                return Ok((value, proof));
+            }
+            TrieNode::Extension(ext) => {
+                if key.len() < depth + ext.key.len()
+                    || key.slice(depth..depth + ext.key.len()) != ext.key
+                {
+                    return Ok((U256::ZERO, proof));
+                }
+                depth += ext.key.len();
+                ext.child
+            }
+            TrieNode::Branch(branch) => {
+                let Some(nibble) = key.get(depth) else {
+                    return Ok((U256::ZERO, proof));
+                };
+                depth += 1;
+                let branch = branch.as_ref();
+                let mut children = branch.children();
+                match children.find(|(n, _)| *n == nibble) {
+                    Some((_, Some(child))) => child.clone(),
+                    _ => return Ok((U256::ZERO, proof)),
+                }
+            }
+        };
+        node = match child.as_hash() {
+            Some(hash) => {
+                let bytes = load(hash)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("trie node {hash} not kept")))?;
+                proof.push(Bytes::copy_from_slice(&bytes));
+                bytes
+            }
+            // Shorter than 32 bytes: embedded in its parent, which the proof already holds.
+            None => child.to_vec(),
+        };
+    }
+    Err(StoreError::Corrupt("trie path longer than a key".into()))
 }
 
 /// An EIP-1186 proof of one account and some of its slots against `root`.
@@ -318,6 +413,7 @@ mod tests {
                     last_mini_block: 0,
                     diff: &diff,
                     trie: &trie,
+                    settlement: &[],
                 }).unwrap();
                 root = new_root;
                 prop_assert_eq!(full_state_root(&store.view()).unwrap(), root, "block {}", number);

@@ -29,8 +29,12 @@ pub const CF_TX_INDEX: &str = "tx_index";
 pub const CF_LOG_INDEX: &str = "log_index";
 pub const CF_BLOCK_INDEX: &str = "block_index";
 pub const CF_META: &str = "meta";
+/// Settlement records written with their block: each block's mini-block layout (what a batch
+/// posts), output-root fields, and the message passer's storage-trie nodes by hash (so
+/// withdrawals can be proven against any output, not only the newest state).
+pub const CF_SETTLEMENT: &str = "settlement";
 
-const COLUMN_FAMILIES: [&str; 11] = [
+const COLUMN_FAMILIES: [&str; 12] = [
     CF_ACCOUNTS,
     CF_STORAGE,
     CF_CODE,
@@ -42,6 +46,7 @@ const COLUMN_FAMILIES: [&str; 11] = [
     CF_LOG_INDEX,
     CF_BLOCK_INDEX,
     CF_META,
+    CF_SETTLEMENT,
 ];
 
 const META_HEAD: &[u8] = b"head";
@@ -101,6 +106,8 @@ pub struct BlockCommit<'a> {
     pub last_mini_block: u64,
     pub diff: &'a StateDiff,
     pub trie: &'a TrieWrites,
+    /// Settlement entries written in the same batch (see [`CF_SETTLEMENT`]).
+    pub settlement: &'a [(Vec<u8>, Vec<u8>)],
 }
 
 /// Trie node writes keyed by the full trie key (see [`crate::state_root`]).
@@ -110,6 +117,8 @@ pub struct TrieWrites {
     pub deletes: Vec<Vec<u8>>,
     /// Key ranges `[from, to)` to delete (the storage trie of a destroyed account).
     pub delete_ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// New storage roots of the accounts whose storage changed.
+    pub storage_roots: Vec<(Address, B256)>,
 }
 
 pub struct Store {
@@ -269,6 +278,9 @@ impl Store {
                 }
             }
         }
+        for (k, v) in c.settlement {
+            batch.put_cf(self.cf(CF_SETTLEMENT), k, v);
+        }
         let head = Head {
             number,
             hash: c.hash,
@@ -318,6 +330,11 @@ impl Store {
             out.push((key[CONSENSUS_PREFIX.len()..].to_vec(), value.to_vec()));
         }
         Ok(out)
+    }
+
+    /// A settlement entry written with its block (see [`CF_SETTLEMENT`]).
+    pub fn settlement(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_SETTLEMENT), key)?)
     }
 
     /// Makes every committed block durable (syncs RocksDB's WAL).

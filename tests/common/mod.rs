@@ -73,6 +73,10 @@ impl Devnet {
         if !extra.contains(&"--fastpath-addr") {
             command.arg("--fastpath-addr").arg("127.0.0.1:0");
         }
+        // Settlement has tests of its own (tests/l1.rs): the others run without an L1.
+        if !extra.iter().any(|a| a.starts_with("--l1")) {
+            command.arg("--no-l1");
+        }
         command.args(extra);
         Self::spawn(command, data_dir, port)
     }

@@ -51,8 +51,8 @@ pub use self::stats::ConsensusStats;
 use self::{
     gossip::Gossip,
     payload::{
-        Invalid, KIND_ENGINE, KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE, KIND_TXS, Tip, block_key,
-        encode_payload,
+        Invalid, KIND_ENGINE, KIND_OUTPUT_SIGNATURE, KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE,
+        KIND_TXS, Tip, block_key, decode_output_signature, encode_output_signature, encode_payload,
     },
     setup::{EngineParts, StoredBlocks, build_engine},
     speculation::{Point, Spec, build_records, execute_records, records_txs},
@@ -191,6 +191,14 @@ impl Replica {
             self.request_sync_if_behind();
             let others = self.others();
             self.gossip.flush(&mut self.transport, &others);
+            if let Some(settlement) = &chain.settlement {
+                // Our output-root signatures, to every validator (whoever posts needs a
+                // quorum of them).
+                for (block, root, signature) in settlement.take_outgoing() {
+                    let msg = encode_output_signature(block, root, &signature);
+                    self.transport.send(&others, &msg);
+                }
+            }
             self.transport.flush();
             if busy {
                 continue;
@@ -260,6 +268,16 @@ impl Replica {
             Some((&KIND_TXS, txs)) => {
                 if !self.is_follower() {
                     gossip::accept(seq, txs);
+                }
+                Ok(())
+            }
+            Some((&KIND_OUTPUT_SIGNATURE, msg)) => {
+                // The book checks the signer is a registered validator and the root ours.
+                if let (Some(settlement), Some((block, root, signature))) =
+                    (&seq.chain().settlement, decode_output_signature(msg))
+                    && (from as usize) < self.n
+                {
+                    settlement.on_signature(block, root, signature);
                 }
                 Ok(())
             }

@@ -18,6 +18,29 @@ pub const KIND_ENGINE: u8 = 0;
 pub const KIND_SYNC_REQUEST: u8 = 1;
 pub const KIND_SYNC_RESPONSE: u8 = 2;
 pub const KIND_TXS: u8 = 3;
+/// A validator's signature over an output root: block (8) | root (32) | signature (65).
+pub const KIND_OUTPUT_SIGNATURE: u8 = 4;
+
+/// An output-root signature message.
+pub fn encode_output_signature(block: u64, root: B256, signature: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 + 32 + signature.len());
+    out.push(KIND_OUTPUT_SIGNATURE);
+    out.extend_from_slice(&block.to_be_bytes());
+    out.extend_from_slice(root.as_slice());
+    out.extend_from_slice(signature);
+    out
+}
+
+/// (block, root, signature) of an output-root signature message (after its kind byte).
+pub fn decode_output_signature(msg: &[u8]) -> Option<(u64, B256, alloy_primitives::Bytes)> {
+    (msg.len() == 8 + 32 + 65).then(|| {
+        (
+            u64::from_be_bytes(msg[..8].try_into().expect("8")),
+            B256::from_slice(&msg[8..40]),
+            alloy_primitives::Bytes::copy_from_slice(&msg[40..]),
+        )
+    })
+}
 
 /// Why a payload is refused (the block gets `Verified { ok: false }`).
 #[derive(Debug)]

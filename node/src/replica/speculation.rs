@@ -80,7 +80,7 @@ fn recover_all(txs: &[RecoveredTx], exec: &ExecConfig) -> Result<Vec<RecoveredTx
     use rayon::prelude::*;
     txs.par_iter()
         .map(|claimed| {
-            let tx = rtchain_exec::tx::decode_and_recover(&claimed.raw, exec)
+            let tx = rtchain_exec::tx::decode_block_tx(&claimed.raw, exec)
                 .map_err(|e| Invalid(format!("transaction {}: {e}", claimed.hash)))?;
             if tx.sender != claimed.sender {
                 return Err(Invalid(format!(
@@ -164,6 +164,9 @@ pub fn execute_records(
                 if m.transactions.is_empty() {
                     return Err(Invalid("empty mini-block".into()));
                 }
+                if !trusted {
+                    check_deposits(chain, &diffs, &m.transactions)?;
+                }
                 let result = seq
                     .execute_on(
                         &open.ctx,
@@ -240,6 +243,56 @@ pub fn execute_records(
     })
 }
 
+/// A proposal's deposits must be one leading L1-info group that this node's view of L1
+/// confirms, after the origin the parent state records.
+fn check_deposits(
+    chain: &Chain,
+    diffs: &[Arc<StateDiff>],
+    txs: &[RecoveredTx],
+) -> Result<(), Invalid> {
+    if !txs.iter().any(RecoveredTx::is_deposit) {
+        return Ok(());
+    }
+    let Some(settlement) = &chain.settlement else {
+        return Err(Invalid(
+            "deposits in a chain this node does not settle to L1".into(),
+        ));
+    };
+    settlement
+        .check_mini_block(&chain.state_with(diffs), txs)
+        .map_err(|why| Invalid(format!("L1 deposits: {why}")))
+}
+
+/// As leader: the L1-info group to put first in the next mini-block on `point`, when L1 has
+/// one and the open block can take it. `Err(())`: the open block has too little gas left for a
+/// group and should be sealed first.
+fn leader_group(
+    chain: &Chain,
+    point: &Point,
+    diffs: &[Arc<StateDiff>],
+) -> Result<Option<Vec<RecoveredTx>>, ()> {
+    let Some(settlement) = &chain.settlement else {
+        return Ok(None);
+    };
+    let state = chain.state_with(diffs);
+    let Ok((origin, _, processed)) = crate::settlement::origin_in(&state) else {
+        return Ok(None);
+    };
+    if !settlement.has_news(origin, processed) {
+        return Ok(None);
+    }
+    let limit = chain.exec.block_gas_limit;
+    let used = point.open.map_or(0, |o| o.gas_used);
+    if point.open.is_some() && limit.saturating_sub(used) < crate::settlement::group_gas_room(limit)
+    {
+        return Err(());
+    }
+    Ok(settlement
+        .next_group(&state, limit - used, limit)
+        .ok()
+        .flatten())
+}
+
 /// As leader: picks the next transactions from the ready queue and decides the seals, on
 /// `base` (with `diffs` from the tip to it): the records of one proposal.
 pub fn build_records(
@@ -263,7 +316,17 @@ pub fn build_records(
     // A new EVM block may open only on a parent block this node has committed (see
     // `may_open_block`); until then the proposal carries no transactions.
     let may_open = point.open.is_some() || may_open_block(&chain, &point);
-    while may_open && batch.len() < max_txs {
+    // L1's next origin and its deposits first; a block too full for them is sealed now and
+    // they go into the next proposal's new block.
+    let mut seal_for_group = false;
+    if may_open {
+        match leader_group(&chain, &point, &diffs) {
+            Ok(Some(group)) => batch.extend(group),
+            Ok(None) => {}
+            Err(()) => seal_for_group = true,
+        }
+    }
+    while may_open && !seal_for_group && batch.len() < max_txs {
         let Some(s) = seq.pop_ready() else {
             break;
         };
@@ -349,10 +412,10 @@ pub fn build_records(
             }
         }
     }
-    // Close the open block when its interval is over, or an empty one when idle, so that
-    // time moves on.
+    // Close the open block when its interval is over (or a group needs a fresh one), or an
+    // empty one when idle, so that time moves on.
     match point.open {
-        Some(o) if now >= o.opened_at_us + interval_us => {
+        Some(o) if now >= o.opened_at_us + interval_us || seal_for_group => {
             records.push(seal_record(&mut point, o, &chain.exec));
         }
         None if now >= point.closed_parent.timestamp * 1_000_000 + idle_us => {

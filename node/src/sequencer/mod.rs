@@ -42,6 +42,7 @@ use crate::{
     NodeError,
     chain::{Chain, ParentInfo, Recovered, next_block_context, now_us},
     outcome::{Answers, Failure, Outcome, Rejection, ReplySink, Submission},
+    settlement::MiniLayout,
 };
 
 /// Room kept in the mini-block log for the open block's seal record.
@@ -66,6 +67,7 @@ struct OpenBlock {
     diff: StateDiff,
     gas_used: u64,
     logs: u64,
+    layout: Vec<MiniLayout>,
 }
 
 /// The open block as the replica needs it to continue it: context, opening time, and what its
@@ -98,12 +100,15 @@ enum Origin {
     /// A finalized consensus block's mini-block: must give the finalized result; logged;
     /// answered to whoever waits here.
     Finalized(Logged),
+    /// A mini-block read back from L1 (a batch carries its time, not its receipts root):
+    /// logged; nobody waits for it.
+    Derived { timestamp_us: u64 },
 }
 
 impl Origin {
     fn logged(self) -> Option<Logged> {
         match self {
-            Origin::New => None,
+            Origin::New | Origin::Derived { .. } => None,
             Origin::Replayed(l) | Origin::Finalized(l) => Some(l),
         }
     }
@@ -131,6 +136,10 @@ pub struct Sequencer {
     /// Executes mini-blocks; decides per batch whether to speculate in parallel or run
     /// sequentially (one thread configured, small or cheap batches, conflict-heavy history).
     executor: ParallelExecutor,
+    /// The L1 origin and deposits processed as the newest committed state records them (when
+    /// the chain settles to L1): read once at start, then followed through the groups
+    /// committed, so the hot path asks L1 only when it has news.
+    l1_cursor: (u64, u64),
 }
 
 impl Sequencer {
@@ -145,7 +154,7 @@ impl Sequencer {
         let executor = executor(chain.sequencer.exec_threads, &config.cores)?;
         let durable_mini = chain.state.read().head.last_mini_block;
         let mut sequencer = Sequencer {
-            sealer: Some(Sealer::new(chain.clone())),
+            sealer: Some(Sealer::new(chain.clone())?),
             chain,
             minilog: recovered.minilog,
             ingress: recovered.ingress,
@@ -159,8 +168,14 @@ impl Sequencer {
             sealer_thread: None,
             answers,
             executor,
+            l1_cursor: (0, 0),
         };
         sequencer.replay(recovered.replay)?;
+        if sequencer.chain.settlement.is_some() {
+            let (origin, _, processed) =
+                crate::settlement::origin_in(&sequencer.chain.latest_state())?;
+            sequencer.l1_cursor = (origin, processed);
+        }
         let mut sealer = sequencer
             .sealer
             .take()
@@ -198,7 +213,7 @@ pub fn spawn(
             // Storage or log failure: stop sequencing rather than acknowledge what cannot be
             // kept. RPC keeps serving reads and refuses new transactions.
             tracing::error!("sequencer stopped: {e}");
-            sequencer.chain.shutdown();
+            sequencer.chain.fail(format!("sequencer stopped: {e}"));
         }
         sequencer.fail_waiting();
         // Let the sealer finish what was closed, then stop it.
@@ -357,7 +372,7 @@ impl Sequencer {
                     Ok(s) => {
                         take(&mut batch, s, &mut self.ready);
                     }
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
                 }
             }
@@ -371,6 +386,15 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
+            // L1's next origin and its deposits go first in the mini-block, even with no
+            // user transaction waiting.
+            let group = self.next_l1_group()?;
+            if batch.is_empty() && group.is_none() {
+                continue;
+            }
+            if let Some(group) = group {
+                batch.splice(0..0, group.into_iter().map(Submission::unanswered));
+            }
             self.make_log_room(&batch)?;
             if self.open.is_none() {
                 let parent = self.chain.state.read().closed_parent;
@@ -382,12 +406,39 @@ impl Sequencer {
         }
     }
 
+    /// The next L1-info group to include, when the chain settles to L1 and L1 has one. Closes
+    /// the open block first when it could not take a whole group.
+    fn next_l1_group(&mut self) -> Result<Option<Vec<RecoveredTx>>, NodeError> {
+        let Some(settlement) = self.chain.settlement.clone() else {
+            return Ok(None);
+        };
+        let (origin, processed) = self.l1_cursor;
+        if settlement.derive || !settlement.has_news(origin, processed) {
+            return Ok(None);
+        }
+        let limit = self.chain.exec.block_gas_limit;
+        let room = crate::settlement::group_gas_room(limit);
+        if let Some(open) = &self.open
+            && limit.saturating_sub(open.gas_used) < room
+        {
+            self.close_block(true, None)?;
+        }
+        let gas_left = limit - self.open.as_ref().map_or(0, |o| o.gas_used);
+        Ok(settlement.next_group(&self.chain.latest_state(), gas_left, limit)?)
+    }
+
     /// Makes sure the mini-block log can take this batch's record and a seal without
     /// overwriting anything not yet durable in RocksDB: first by syncing RocksDB, then, if the
     /// open block's own records fill the log, by sealing the open block before executing more.
     fn make_log_room(&mut self, batch: &[Submission]) -> Result<(), NodeError> {
         let needed = MiniLog::mini_block_record_bytes(batch.iter().map(|s| s.tx.raw.len()))
             + SEAL_RESERVE_BYTES;
+        self.log_room(needed, true)
+    }
+
+    /// Room for a record of `needed` bytes: by syncing RocksDB, then (if `may_seal`: the
+    /// sequencer decides where blocks end) by sealing the open block early.
+    fn log_room(&mut self, needed: usize, may_seal: bool) -> Result<(), NodeError> {
         if self.minilog.has_room(needed, self.durable_mini) {
             return Ok(());
         }
@@ -395,7 +446,7 @@ impl Sequencer {
         if self.minilog.has_room(needed, self.durable_mini) {
             return Ok(());
         }
-        if self.open.is_some() {
+        if may_seal && self.open.is_some() {
             let number = self.close_block(true, None)?;
             self.chain.wait_sealed(number);
             self.sync_store()?;
@@ -428,6 +479,7 @@ impl Sequencer {
             diff: StateDiff::default(),
             gas_used: 0,
             logs: 0,
+            layout: Vec::new(),
         });
         self.chain.state.write().open_block = Some(ctx);
     }
@@ -463,6 +515,12 @@ impl Sequencer {
             match outcome {
                 TxOutcome::Included { tx, receipt, .. } => included.push((tx, receipt)),
                 TxOutcome::Rejected { tx, error } => {
+                    if let Origin::Derived { .. } = origin {
+                        return Err(NodeError::Diverged(format!(
+                            "transaction {} of a batch read from L1 is refused here: {error}",
+                            tx.hash
+                        )));
+                    }
                     if replaying {
                         return Err(NodeError::Recovery(format!(
                             "replayed transaction {} was rejected: {error}",
@@ -472,7 +530,21 @@ impl Sequencer {
                     let reply = replies.remove(&tx.hash);
                     self.reject_or_queue(tx, error, reply);
                 }
+                TxOutcome::Deferred { tx } if tx.is_deposit() => {
+                    // The group's gas is checked against the open block before it is taken;
+                    // a deposit left out would be lost for good (L1 moved the origin on).
+                    return Err(NodeError::Recovery(format!(
+                        "deposit {} did not fit its block: the L1-info group gas check is wrong",
+                        tx.hash
+                    )));
+                }
                 TxOutcome::Deferred { tx } => {
+                    if let Origin::Derived { .. } = origin {
+                        return Err(NodeError::Diverged(format!(
+                            "transaction {} of a batch read from L1 does not fit its block here",
+                            tx.hash
+                        )));
+                    }
                     if replaying {
                         return Err(NodeError::Recovery(format!(
                             "replayed transaction {} did not fit its block",
@@ -530,8 +602,14 @@ impl Sequencer {
                 }
                 logged.timestamp_us
             }
-            None => now_us(),
+            None => match origin {
+                Origin::Derived { timestamp_us } => timestamp_us,
+                _ => now_us(),
+            },
         };
+        if let Some((l1, processed)) = crate::settlement::group_origin(&txs) {
+            self.l1_cursor = (l1.number, processed);
+        }
         let open = self.open.as_mut().expect("an open block while executing");
         if !matches!(origin, Origin::Replayed(_)) {
             let record = LogRecord::MiniBlock(MiniBlockRecord {
@@ -609,6 +687,11 @@ impl Sequencer {
                 self.answers.send(reply, Outcome::Executed(view));
             }
         }
+        open.layout.push(MiniLayout {
+            number,
+            timestamp_us,
+            transactions: txs.len() as u32,
+        });
         open.txs.extend(txs.iter().cloned());
         open.receipts.extend(receipts.iter().cloned());
         open.minis.extend(std::iter::repeat_n(number, txs.len()));
@@ -753,6 +836,8 @@ impl Sequencer {
             minis: open.minis,
             diff: open.diff,
             gas_used: open.gas_used,
+            opened_at_us: open.opened_at_us,
+            layout: open.layout,
         };
         self.last_seal = Instant::now();
         match (&mut self.sealer, &self.to_sealer) {
@@ -781,6 +866,124 @@ impl Sequencer {
                 self.answers.send(reply, Outcome::Failed(Failure::Stopped));
             }
         }
+    }
+}
+
+/// A block read back from L1, ready to execute.
+pub struct DerivedBlock {
+    pub number: u64,
+    pub opened_at_us: u64,
+    /// Its hash as the batch records it: whole, or only the first 8 bytes (`full_hash` false).
+    pub hash: B256,
+    pub full_hash: bool,
+    /// Its mini-blocks: the time each was cut and its transactions.
+    pub minis: Vec<(u64, Vec<RecoveredTx>)>,
+    /// Where it came from, for the report of a mismatch.
+    pub batch_index: u64,
+    pub l1_block: u64,
+}
+
+impl Sequencer {
+    /// The loop of a node that derives its chain from L1: executes the blocks the L1 reader
+    /// sends, checks each one's deposits against L1 and its hash against the batch, and
+    /// stops at the first difference.
+    pub fn run_derived(
+        &mut self,
+        blocks: crossbeam_channel::Receiver<DerivedBlock>,
+    ) -> Result<(), NodeError> {
+        loop {
+            if self.chain.is_shut_down() {
+                return Ok(());
+            }
+            let block = match blocks.recv_timeout(MAX_WAIT) {
+                Ok(block) => block,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            self.apply_derived(block)?;
+        }
+    }
+
+    fn apply_derived(&mut self, block: DerivedBlock) -> Result<(), NodeError> {
+        let at = |why: String| {
+            NodeError::Diverged(format!(
+                "L2 block {} (batch {}, L1 block {}): {why}",
+                block.number, block.batch_index, block.l1_block
+            ))
+        };
+        let closed = self.chain.state.read().closed_head;
+        if block.number <= closed {
+            // Derived before a restart: it must still be the same block.
+            self.chain.wait_sealed(block.number);
+            return self.check_derived_hash(&block).map_err(at);
+        }
+        if block.number != closed + 1 {
+            return Err(at(format!("expected block {} next", closed + 1)));
+        }
+        let settlement = self.chain.settlement.clone();
+        let parent = self.chain.state.read().closed_parent;
+        let ctx = next_block_context(&self.chain.exec, &parent, block.opened_at_us);
+        if block.minis.is_empty() {
+            self.close_block(true, Some(block.opened_at_us))?;
+        } else {
+            self.open_block(ctx, block.opened_at_us);
+            for (timestamp_us, txs) in &block.minis {
+                if let Some(settlement) = &settlement {
+                    if let Some((origin, _)) = crate::settlement::group_origin(txs) {
+                        // The reader may be ahead of the view of L1 it checks against.
+                        while settlement.view.read().block(origin.number).is_none() {
+                            if self.chain.is_shut_down() {
+                                return Ok(());
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    settlement
+                        .check_mini_block(&self.chain.latest_state(), txs)
+                        .map_err(|why| at(format!("its deposits do not match L1: {why}")))?;
+                }
+                let submissions: Vec<Submission> =
+                    txs.iter().cloned().map(Submission::unanswered).collect();
+                let count = submissions.len();
+                let needed = MiniLog::mini_block_record_bytes(txs.iter().map(|t| t.raw.len()))
+                    + SEAL_RESERVE_BYTES;
+                // The batch decided where the block ends: never seal it early here.
+                self.log_room(needed, false)?;
+                let before = self.chain.state.read().last_mini_block;
+                self.execute(
+                    submissions,
+                    Origin::Derived {
+                        timestamp_us: *timestamp_us,
+                    },
+                )?;
+                if self.chain.state.read().last_mini_block != before + 1 || count == 0 {
+                    return Err(at("a mini-block did not execute whole".into()));
+                }
+            }
+            self.close_block(true, None)?;
+        }
+        self.chain.wait_sealed(block.number);
+        self.check_derived_hash(&block).map_err(at)
+    }
+
+    fn check_derived_hash(&self, block: &DerivedBlock) -> Result<(), String> {
+        let ours = self
+            .chain
+            .block_hash(block.number)
+            .map_err(|e| e.to_string())?;
+        let len = if block.full_hash {
+            32
+        } else {
+            rtchain_l1::channel::HASH_PREFIX_BYTES
+        };
+        if ours[..len] != block.hash[..len] {
+            return Err(format!(
+                "derived hash {ours} differs from the batch's {}{}",
+                alloy_primitives::hex::encode(&block.hash[..len]),
+                if block.full_hash { "" } else { "..." }
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -924,16 +1127,7 @@ impl Sequencer {
         let needed =
             MiniLog::mini_block_record_bytes(record.transactions.iter().map(|t| t.raw.len()))
                 + SEAL_RESERVE_BYTES;
-        if self.minilog.has_room(needed, self.durable_mini) {
-            return Ok(());
-        }
-        self.sync_store()?;
-        if self.minilog.has_room(needed, self.durable_mini) {
-            return Ok(());
-        }
-        Err(NodeError::Config(format!(
-            "the mini-block log is too small for a replicated mini-block of {needed} bytes; raise storage.minilog_size_bytes"
-        )))
+        self.log_room(needed, false)
     }
 }
 

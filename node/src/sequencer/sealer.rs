@@ -13,7 +13,11 @@ use rtchain_exec::{
 };
 use rtchain_state::{Layers, store::BlockCommit};
 
-use crate::{NodeError, chain::Chain};
+use crate::{
+    NodeError,
+    chain::Chain,
+    settlement::{self, MiniLayout},
+};
 
 /// A block closed by the sequencer, waiting for its state root, header and commit.
 pub struct ClosedBlock {
@@ -26,17 +30,36 @@ pub struct ClosedBlock {
     pub minis: Vec<u64>,
     pub diff: StateDiff,
     pub gas_used: u64,
+    /// When the block opened, and its mini-blocks (number, time, transactions): what a batch
+    /// posts so that the block can be rebuilt from L1.
+    pub opened_at_us: u64,
+    pub layout: Vec<MiniLayout>,
 }
 
 /// Computes state roots, builds headers and commits closed blocks, in order, beside the
 /// sequencer: the hot path never waits for the trie or RocksDB.
 pub struct Sealer {
     chain: Arc<Chain>,
+    /// The message passer's storage root after the newest sealed block (part of every output
+    /// root), followed across blocks from the trie writes.
+    message_passer_root: B256,
 }
 
 impl Sealer {
-    pub fn new(chain: Arc<Chain>) -> Self {
-        Self { chain }
+    pub fn new(chain: Arc<Chain>) -> Result<Self, NodeError> {
+        let root = {
+            let state = chain.state.read();
+            state.head_header.state_root
+        };
+        let message_passer_root = rtchain_state::state_root::storage_root(
+            &chain.store.view(),
+            root,
+            rtchain_l1::contracts::MESSAGE_PASSER_ADDRESS,
+        )?;
+        Ok(Self {
+            chain,
+            message_passer_root,
+        })
     }
 
     /// State root, header, one RocksDB batch, then publication: the block, its receipts with
@@ -92,6 +115,35 @@ impl Sealer {
             ..Default::default()
         };
         let hash = header.hash_slow();
+        let passer = rtchain_l1::contracts::MESSAGE_PASSER_ADDRESS;
+        if let Some((_, root)) = trie.storage_roots.iter().find(|(a, _)| *a == passer) {
+            self.message_passer_root = *root;
+        }
+        let mut entries = vec![(
+            settlement::layout_key(ctx.number),
+            settlement::encode_layout(closed.opened_at_us, &closed.layout),
+        )];
+        // Nodes shorter than 32 bytes live inside their parent; the rest by hash, for proofs
+        // against any later output.
+        for node in rtchain_state::state_root::storage_nodes_written(&trie, &passer) {
+            if node.len() >= 32 {
+                entries.push((
+                    settlement::node_key(alloy_primitives::keccak256(node)),
+                    node.to_vec(),
+                ));
+            }
+        }
+        let output = self.chain.settlement.as_ref().and_then(|s| {
+            s.is_output_block(ctx.number).then(|| {
+                rtchain_l1::output::OutputRootProof::new(state_root, self.message_passer_root, hash)
+            })
+        });
+        if let Some(proof) = &output {
+            entries.push((
+                settlement::output_key(ctx.number),
+                settlement::encode_output(proof),
+            ));
+        }
         self.chain.store.commit_block(&BlockCommit {
             header: &header,
             hash,
@@ -101,6 +153,7 @@ impl Sealer {
             last_mini_block: closed.last_mini,
             diff: &closed.diff,
             trie: &trie,
+            settlement: &entries,
         })?;
         let accounts = closed.diff.accounts.len();
         let block = Arc::new(SealedBlock {
@@ -143,6 +196,9 @@ impl Sealer {
             seal_us = started.elapsed().as_micros() as u64,
             "sealed"
         );
+        if let (Some(settlement), Some(proof)) = (&self.chain.settlement, output) {
+            settlement.output_sealed(ctx.number, proof);
+        }
         self.chain.sealed.send_replace(ctx.number);
         self.chain.notify_sealed();
         let _ = self.chain.events.send(ChainEvent::Block(block));

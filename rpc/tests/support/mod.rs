@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use alloy_consensus::{
-    Eip658Value, Header, Receipt, ReceiptEnvelope, ReceiptWithBloom, SignableTransaction,
-    TxEip1559, TxEnvelope,
+    Eip658Value, Header, Receipt, ReceiptWithBloom, SignableTransaction, TxEip1559,
 };
 use alloy_eips::eip2718::Encodable2718;
 use alloy_primitives::{
@@ -21,6 +20,7 @@ use alloy_rpc_types_eth::state::StateOverride;
 use alloy_rpc_types_eth::{
     AccessList, BlockOverrides, EIP1186AccountProofResponse, Filter, Log, TransactionRequest,
 };
+use op_alloy_consensus::{OpReceiptEnvelope as ReceiptEnvelope, OpTxEnvelope as TxEnvelope};
 use parking_lot::Mutex;
 use rtchain_exec::types::{
     MiniBlock, MiniBlockHeader, RecoveredTx, SealedBlock, TxLocation, TxReceipt,
@@ -81,7 +81,7 @@ pub fn make_tx(nonce: u64, input: &[u8]) -> RecoveredTx {
     };
     let envelope = TxEnvelope::from(tx.into_signed(Signature::test_signature()));
     let raw = Bytes::from(envelope.encoded_2718());
-    let hash = *envelope.tx_hash();
+    let hash = envelope.tx_hash();
     assert_eq!(hash, keccak256(&raw));
     RecoveredTx {
         envelope,
