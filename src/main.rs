@@ -151,6 +151,9 @@ enum BenchCommand {
     /// A validator cluster on this machine: proposal-to-finalized and submit-to-finalized
     /// latency.
     Consensus(bench::ConsensusBenchArgs),
+    /// Settlement to an anvil L1: bytes per transaction, compression, blob fill, L1 gas,
+    /// time to inclusion and to safe.
+    L1(bench::L1BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -290,6 +293,9 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Consensus(args)) => bench::run_consensus_bench(args)
                 .await
                 .map_err(|e| e.to_string()),
+            Command::Bench(BenchCommand::L1(args)) => {
+                bench::run_l1_bench(args).await.map_err(|e| e.to_string())
+            }
             Command::Bench(BenchCommand::Exec(args)) => bench::run_exec_bench(args)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),

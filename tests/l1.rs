@@ -32,7 +32,8 @@ fn devnet_with_l1(dir: &Path, extra: &[&str]) -> (Devnet, String, Deployment) {
     let mut args = vec!["--l1-port", &l1_port, "--withdrawal-delay-secs", "3"];
     args.extend_from_slice(extra);
     let node = Devnet::start_on(dir, free_port(), &args);
-    let deployment = Deployment::load(&dir.join("l1.json")).expect("the devnet records its contracts");
+    let deployment =
+        Deployment::load(&dir.join("l1.json")).expect("the devnet records its contracts");
     (node, format!("http://127.0.0.1:{l1_port}"), deployment)
 }
 
@@ -53,8 +54,14 @@ async fn wait_posted(rpc: &Rpc, block: u64) {
 async fn transfer(rpc: &Rpc, from: u32, to: Address, value: U256) -> B256 {
     let signer = dev_signer(from);
     let nonce = rpc.nonce(signer.address()).await;
-    let tx = sign(&signer, eip1559(nonce, TxKind::Call(to), value, Bytes::new(), 21_000));
-    rpc.send_raw_sync(&tx).await.expect("transfer").transaction_hash
+    let tx = sign(
+        &signer,
+        eip1559(nonce, TxKind::Call(to), value, Bytes::new(), 21_000),
+    );
+    rpc.send_raw_sync(&tx)
+        .await
+        .expect("transfer")
+        .transaction_hash
 }
 
 /// Starts `rtchain node --derive-from-l1` on a fresh directory and waits until it reaches L2
@@ -79,7 +86,10 @@ fn derivation_node(dir: &Path, l1: &str, deployment: &Path) -> (std::process::Ch
 async fn block_facts(rpc: &Rpc, number: u64) -> (String, String) {
     wait_for(&format!("block {number} on {}", rpc.url), WAIT, || async {
         let b = rpc
-            .call("eth_getBlockByNumber", serde_json::json!([format!("0x{number:x}"), false]))
+            .call(
+                "eth_getBlockByNumber",
+                serde_json::json!([format!("0x{number:x}"), false]),
+            )
             .await
             .ok()?;
         if b.is_null() {
@@ -102,7 +112,13 @@ async fn check_inbox_chain(l1: &str, deployment: &Deployment) -> u64 {
     let mut parent = B256::ZERO;
     for i in 0..count {
         let b = inbox.getBatch(U256::from(i)).call().await.unwrap();
-        assert_eq!(b.firstBlock, next, "batch {i} starts at {} after {}", b.firstBlock, next - 1);
+        assert_eq!(
+            b.firstBlock,
+            next,
+            "batch {i} starts at {} after {}",
+            b.firstBlock,
+            next - 1
+        );
         assert_eq!(b.parentBatchHash, parent, "batch {i} does not chain");
         next = b.lastBlock + 1;
         parent = b.batchHash;
@@ -146,7 +162,13 @@ async fn deposits_and_withdrawals_round_trip_and_l1_alone_rebuilds_the_chain() {
 
     // Ordinary traffic meanwhile.
     for i in 0..5u64 {
-        transfer(&rpc, 0, Address::with_last_byte(0x40 + i as u8), U256::from(1_000 + i)).await;
+        transfer(
+            &rpc,
+            0,
+            Address::with_last_byte(0x40 + i as u8),
+            U256::from(1_000 + i),
+        )
+        .await;
     }
 
     // Withdrawal: 1 ETH from L2 to a fresh L1 address, proven and finalized after the window.
@@ -175,13 +197,19 @@ async fn deposits_and_withdrawals_round_trip_and_l1_alone_rebuilds_the_chain() {
     node0[last] ^= 1;
     forged.storage_proof[0] = node0.into();
     assert!(
-        l1_cli::prove(&l1, &deployment, dev_key(6), &forged).await.is_err(),
+        l1_cli::prove(&l1, &deployment, dev_key(6), &forged)
+            .await
+            .is_err(),
         "a forged proof was accepted"
     );
     // A withdrawal against an output index not posted is refused.
     let mut unposted = inputs.clone();
     unposted.output_index = inputs.output_index + U256::from(1_000);
-    assert!(l1_cli::prove(&l1, &deployment, dev_key(6), &unposted).await.is_err());
+    assert!(
+        l1_cli::prove(&l1, &deployment, dev_key(6), &unposted)
+            .await
+            .is_err()
+    );
 
     l1_cli::prove(&l1, &deployment, dev_key(6), &inputs)
         .await
@@ -241,17 +269,22 @@ async fn deposits_and_withdrawals_round_trip_and_l1_alone_rebuilds_the_chain() {
         &l1,
         &temp.path().join("dev/l1.json"),
     );
-    assert_eq!(block_facts(&derived_rpc, head).await, block_facts(&rpc, head).await);
+    assert_eq!(
+        block_facts(&derived_rpc, head).await,
+        block_facts(&rpc, head).await
+    );
     assert_eq!(
         derived_rpc.balance(recipient).await,
-        parse_ether("2").unwrap() ,
+        parse_ether("2").unwrap(),
         "the derived chain holds the deposit"
     );
     let derived_receipt = derived_rpc
         .ok("eth_getTransactionReceipt", serde_json::json!([l2_tx]))
         .await;
     assert_eq!(derived_receipt["blockHash"], {
-        let r = rpc.ok("eth_getTransactionReceipt", serde_json::json!([l2_tx])).await;
+        let r = rpc
+            .ok("eth_getTransactionReceipt", serde_json::json!([l2_tx]))
+            .await;
         r["blockHash"].clone()
     });
     assert!(
@@ -282,7 +315,15 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
     let rpc = Rpc::new(&node.url());
     let mut hashes = Vec::new();
     for i in 0..6u64 {
-        hashes.push(transfer(&rpc, 1, Address::with_last_byte(0x50 + i as u8), U256::from(7)).await);
+        hashes.push(
+            transfer(
+                &rpc,
+                1,
+                Address::with_last_byte(0x50 + i as u8),
+                U256::from(7),
+            )
+            .await,
+        );
     }
     let head = rpc.block_number().await.unwrap();
     wait_posted(&rpc, head).await;
@@ -299,15 +340,30 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
             return None;
         }
         let count: u64 = inbox.batchCount().call().await.ok()?.try_into().ok()?;
-        let last = inbox.getBatch(U256::from(count.checked_sub(1)?)).call().await.ok()?;
+        let last = inbox
+            .getBatch(U256::from(count.checked_sub(1)?))
+            .call()
+            .await
+            .ok()?;
         (last.l1BlockNumber == latest).then_some(last.lastBlock + 1)
     })
     .await;
     l1.ok("anvil_reorg", serde_json::json!([2, []])).await;
     let after: u64 = inbox.nextL2Block().call().await.unwrap();
-    assert!(after < before, "the reorg dropped no batch ({after} >= {before})");
+    assert!(
+        after < before,
+        "the reorg dropped no batch ({after} >= {before})"
+    );
     for i in 0..4u64 {
-        hashes.push(transfer(&rpc, 1, Address::with_last_byte(0x60 + i as u8), U256::from(9)).await);
+        hashes.push(
+            transfer(
+                &rpc,
+                1,
+                Address::with_last_byte(0x60 + i as u8),
+                U256::from(9),
+            )
+            .await,
+        );
     }
 
     // kill -9 while a batch transaction is in flight (pending in anvil's pool), then restart.
@@ -328,7 +384,15 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
     let node = Devnet::start_on(&dir, port, &args);
     let rpc = Rpc::new(&node.url());
     for i in 0..3u64 {
-        hashes.push(transfer(&rpc, 1, Address::with_last_byte(0x70 + i as u8), U256::from(11)).await);
+        hashes.push(
+            transfer(
+                &rpc,
+                1,
+                Address::with_last_byte(0x70 + i as u8),
+                U256::from(11),
+            )
+            .await,
+        );
     }
     let head = rpc.block_number().await.unwrap();
     wait_posted(&rpc, head).await;
@@ -336,11 +400,21 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
     assert!(posted >= head);
 
     // Everything is on L1: a node deriving from it has every transaction, in the same blocks.
-    let (mut derived, derived_rpc) =
-        derivation_node(&temp.path().join("derived"), &anvil.url, &dir.join("l1.json"));
-    assert_eq!(block_facts(&derived_rpc, head).await, block_facts(&rpc, head).await);
+    let (mut derived, derived_rpc) = derivation_node(
+        &temp.path().join("derived"),
+        &anvil.url,
+        &dir.join("l1.json"),
+    );
+    assert_eq!(
+        block_facts(&derived_rpc, head).await,
+        block_facts(&rpc, head).await
+    );
     for hash in &hashes {
-        let ours = rpc.receipt(*hash).await.unwrap().expect("receipt on the devnet");
+        let ours = rpc
+            .receipt(*hash)
+            .await
+            .unwrap()
+            .expect("receipt on the devnet");
         let theirs = derived_rpc
             .receipt(*hash)
             .await
@@ -348,7 +422,10 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
             .expect("receipt on the derived chain");
         assert_eq!(ours.block_hash, theirs.block_hash, "transaction {hash}");
     }
-    assert!(derived.try_wait().unwrap().is_none(), "the derivation node stopped");
+    assert!(
+        derived.try_wait().unwrap().is_none(),
+        "the derivation node stopped"
+    );
     let _ = derived.kill();
     let _ = derived.wait();
     drop(node);
@@ -360,7 +437,12 @@ async fn a_four_validator_cluster_posts_output_roots_signed_by_its_quorum() {
     let l1_port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtchain"))
         .args(["devnet", "--validators", "4", "--no-fastpath"])
-        .args(["--rpc-addr", "127.0.0.1:0", "--l1-port", &l1_port.to_string()])
+        .args([
+            "--rpc-addr",
+            "127.0.0.1:0",
+            "--l1-port",
+            &l1_port.to_string(),
+        ])
         .arg("--data-dir")
         .arg(temp.path())
         .env("RUST_LOG", "warn")
@@ -373,7 +455,10 @@ async fn a_four_validator_cluster_posts_output_roots_signed_by_its_quorum() {
     let (found, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(rest) = line.strip_prefix("Validator 0: RPC: ") {
                 let _ = found.send(rest.split_whitespace().next().map(str::to_owned));
             }
@@ -392,7 +477,13 @@ async fn a_four_validator_cluster_posts_output_roots_signed_by_its_quorum() {
     // Three roots accepted means three quorum checks passed on L1 (the oracle refuses fewer
     // than 3 of the 4 registered signers).
     wait_for("three output roots on L1", WAIT, || async {
-        let next: u64 = oracle.nextOutputIndex().call().await.ok()?.try_into().ok()?;
+        let next: u64 = oracle
+            .nextOutputIndex()
+            .call()
+            .await
+            .ok()?
+            .try_into()
+            .ok()?;
         (next >= 3).then_some(())
     })
     .await;
@@ -419,7 +510,11 @@ async fn a_four_validator_cluster_posts_output_roots_signed_by_its_quorum() {
         )
         .await;
     assert_eq!(
-        proof["outputRoot"].as_str().unwrap().parse::<B256>().unwrap(),
+        proof["outputRoot"]
+            .as_str()
+            .unwrap()
+            .parse::<B256>()
+            .unwrap(),
         first.outputRoot
     );
     // SIGTERM stops every validator and the anvil the devnet started.

@@ -18,6 +18,7 @@ pub mod consensus;
 mod erc20;
 pub mod error;
 pub mod exec;
+pub mod l1;
 pub mod reflect;
 pub mod report;
 pub mod rpc;
@@ -25,6 +26,7 @@ pub mod udp;
 
 pub use consensus::{ConsensusBenchArgs, run_consensus_bench};
 pub use exec::{ExecBenchArgs, run_exec_bench};
+pub use l1::{L1BenchArgs, run_l1_bench};
 pub use reflect::{ReflectBenchArgs, run_reflect_bench};
 pub use rpc::{RpcBenchArgs, run_rpc_bench};
 pub use udp::{UdpBenchArgs, run_udp_bench};

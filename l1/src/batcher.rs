@@ -36,6 +36,8 @@ use crate::{
 
 /// Where the batcher reads L2 blocks (the node implements it over its RocksDB).
 pub trait BatchSource: Send + Sync + 'static {
+    /// The L2's chain id (transactions signed for it are stored compactly).
+    fn chain_id(&self) -> u64;
     /// The newest L2 block that may be posted: committed here (on a validator, finalized).
     fn head(&self) -> u64;
     /// Block `number` as posted, and the number its first mini-block has (or the next
@@ -87,6 +89,10 @@ pub struct PostedBatch {
     pub l1_gas_used: u64,
     /// From the newest posted L2 block's time to the receipt.
     pub posted_after_ms: u64,
+    /// From the oldest posted L2 block's time to the receipt.
+    pub oldest_after_ms: u64,
+    /// When the receipt was seen, microseconds since the Unix epoch.
+    pub included_at_us: u64,
 }
 
 /// What the batcher did, shared with RPC.
@@ -119,6 +125,7 @@ struct PendingBatch {
     channel_bytes: usize,
     blobs: usize,
     newest_block_time_us: u64,
+    oldest_block_time_us: u64,
 }
 
 /// Runs the batcher until the process ends. Errors are counted and retried.
@@ -227,6 +234,7 @@ impl Batcher {
         }
         let oldest = blocks.first().map_or(0, |b| b.opened_at_us);
         let mut batch = Batch {
+            chain_id: self.source.chain_id(),
             first_mini: first_mini.unwrap_or_default(),
             blocks,
         };
@@ -265,6 +273,7 @@ impl Batcher {
             channel_bytes: channel.len(),
             blobs: 0,
             newest_block_time_us: batch.blocks.last().map_or(0, |b| b.opened_at_us),
+            oldest_block_time_us: oldest,
         };
         Ok(Some((pending, channel)))
     }
@@ -411,6 +420,8 @@ impl Batcher {
                 l1_block: receipt.block_number.unwrap_or_default(),
                 l1_gas_used: receipt.gas_used,
                 posted_after_ms: now_us().saturating_sub(b.newest_block_time_us) / 1_000,
+                oldest_after_ms: now_us().saturating_sub(b.oldest_block_time_us) / 1_000,
+                included_at_us: now_us(),
             };
             let mut s = self.stats.lock();
             s.posted.push(posted);

@@ -365,6 +365,10 @@ pub struct StoreBatchSource {
 }
 
 impl BatchSource for StoreBatchSource {
+    fn chain_id(&self) -> u64 {
+        self.chain.exec.chain_id
+    }
+
     fn head(&self) -> u64 {
         self.chain.state.read().head.number
     }
@@ -594,7 +598,7 @@ pub async fn spawn_tasks(
             l1_chain_id: d.l1_chain_id,
             key,
             data: b.data,
-            compression: rtchain_l1::channel::Compression::Brotli,
+            compression: rtchain_l1::channel::Compression::Zstd,
             max_blobs_per_tx: b.max_blobs_per_tx,
             max_calldata_bytes: 600_000,
             max_batch_age: Duration::from_millis(b.max_batch_age_ms),
