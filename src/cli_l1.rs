@@ -6,7 +6,7 @@ use alloy::primitives::{Address, B256, Bytes, U256, utils::parse_ether};
 use alloy::signers::local::PrivateKeySigner;
 use clap::Subcommand;
 use rtchain_l1::deploy::{DeployParams, Deployment};
-use rtchain_node::{devnet::dev_key, l1_cli};
+use rtchain_node::{keys::dev_key, l1_cli};
 
 #[derive(Subcommand)]
 pub enum L1Command {

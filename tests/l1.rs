@@ -22,7 +22,7 @@ use rtchain_l1::{
     contracts::{BatchInbox, OutputOracle},
     deploy::Deployment,
 };
-use rtchain_node::{devnet::dev_key, l1_cli};
+use rtchain_node::{keys::dev_key, l1_cli};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -367,7 +367,7 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
     }
 
     // kill -9 while a batch transaction is in flight (pending in anvil's pool), then restart.
-    let batcher = dev_key(rtchain_node::devnet::DEV_BATCHER_KEY)
+    let batcher = dev_key(rtchain_node::keys::DEV_BATCHER_KEY)
         .address()
         .to_string()
         .to_lowercase();

@@ -21,7 +21,8 @@ use rtchain_l1::{
 };
 use rtchain_node::{
     Node, NodeConfig,
-    devnet::{DevnetL1Options, L1Choice, configure_l1, prepare_l1},
+    cluster::configure_l1,
+    devnet::{DevnetL1Options, L1Choice, prepare_l1},
     settlement::block_as_posted,
 };
 use serde::Serialize;

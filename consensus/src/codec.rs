@@ -7,8 +7,6 @@
 
 use alloy_primitives::B256;
 
-use crate::types::Signature;
-
 /// Why bytes did not decode. The engine's driver counts these and drops the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -55,8 +53,9 @@ impl Writer {
     pub(crate) fn b256(&mut self, v: &B256) {
         self.buf.extend_from_slice(v.as_slice());
     }
-    pub(crate) fn sig(&mut self, v: &Signature) {
-        self.buf.extend_from_slice(&v.0);
+    /// A fixed-size byte array (a signature), with no length prefix.
+    pub(crate) fn array<const N: usize>(&mut self, v: &[u8; N]) {
+        self.buf.extend_from_slice(v);
     }
     /// A byte string with a u32 length prefix.
     pub(crate) fn bytes(&mut self, v: &[u8]) {
@@ -89,7 +88,8 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Ok(s)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    /// A fixed-size byte array (a signature), with no length prefix.
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
@@ -108,9 +108,6 @@ impl<'a> Reader<'a> {
     }
     pub(crate) fn b256(&mut self) -> Result<B256, DecodeError> {
         Ok(B256::from(self.array::<32>()?))
-    }
-    pub(crate) fn sig(&mut self) -> Result<Signature, DecodeError> {
-        Ok(Signature(self.array()?))
     }
     /// A u32-length-prefixed byte string of at most `max` bytes.
     pub(crate) fn bytes(

@@ -321,7 +321,7 @@ impl Certificate {
         w.u16(self.signatures.len() as u16);
         for (i, s) in &self.signatures {
             w.u16(*i);
-            w.sig(s);
+            w.array(&s.0);
         }
     }
 
@@ -330,7 +330,7 @@ impl Certificate {
         let count = r.count("certificate signatures", VALIDATORS_MAX)?;
         let mut signatures = Vec::with_capacity(count);
         for _ in 0..count {
-            signatures.push((r.u16()?, r.sig()?));
+            signatures.push((r.u16()?, Signature(r.array()?)));
         }
         Ok(Self { vote, signatures })
     }
@@ -373,7 +373,7 @@ impl Msg {
             Msg::Propose(p) => {
                 w.u8(1);
                 p.block.encode_into(&mut w);
-                w.sig(&p.signature);
+                w.array(&p.signature.0);
                 match &p.parent {
                     None => w.u8(0),
                     Some(c) => {
@@ -390,7 +390,7 @@ impl Msg {
                 w.u8(2);
                 v.vote.encode_into(&mut w);
                 w.u16(v.signer);
-                w.sig(&v.signature);
+                w.array(&v.signature.0);
             }
             Msg::Certificate(c) => {
                 w.u8(3);
@@ -414,7 +414,7 @@ impl Msg {
         let msg = match r.u8()? {
             1 => {
                 let block = Block::decode_from(&mut r)?;
-                let signature = r.sig()?;
+                let signature = Signature(r.array()?);
                 let parent = match r.u8()? {
                     0 => None,
                     1 => Some(Certificate::decode_from(&mut r)?),
@@ -442,7 +442,7 @@ impl Msg {
                 Msg::Vote(SignedVote {
                     vote,
                     signer: r.u16()?,
-                    signature: r.sig()?,
+                    signature: Signature(r.array()?),
                 })
             }
             3 => Msg::Certificate(Box::new(Certificate::decode_from(&mut r)?)),

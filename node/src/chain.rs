@@ -20,8 +20,8 @@ use rtchain_exec::{
     revm::{bytecode::Bytecode, state::AccountInfo},
 };
 use rtchain_state::{
-    Genesis, LayeredState, Layers, LogRecord, MiniLog, Store,
-    store::{BlockCommit, Head, StoreError, StoreView},
+    Genesis, LayeredState, Layers, LogRecord, MiniLog, Store, StoreError,
+    store::{BlockCommit, Head, StoreView},
 };
 use tokio::sync::{broadcast, watch};
 

@@ -4,12 +4,17 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::config::{ConsensusSync, NodeConfig, ValidatorEntry};
+use rtchain_l1::deploy::Deployment;
+
+use crate::{
+    config::{ConsensusSync, NodeConfig, ValidatorEntry},
+    keys,
+};
 
 /// What the validators share.
 pub struct ClusterSpec {
@@ -205,7 +210,7 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Cluster, String> {
         config.consensus.key_file = Some(key_path);
         config.consensus.sync = spec.sync;
         if let Some(l1) = &spec.l1 {
-            crate::devnet::configure_l1(
+            configure_l1(
                 &mut config,
                 &dir,
                 &l1.url,
@@ -383,4 +388,42 @@ pub fn print_validators(validators: &[Validator]) {
             v.log_path.display()
         );
     }
+}
+
+/// `[l1]` for node `index` of a devnet whose directory is `dir`: the record copied into its
+/// data directory, and its dev keys written beside its config (validator `index` signs, the
+/// first one also posts batches; followers only read).
+pub fn configure_l1(
+    config: &mut NodeConfig,
+    dir: &Path,
+    url: &str,
+    deployment: &Deployment,
+    index: usize,
+    validators: usize,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    deployment
+        .save(&config.data_dir.join("l1.json"))
+        .map_err(|e| e.to_string())?;
+    config.l1.url = Some(url.to_owned());
+    config.l1.deployment = PathBuf::from("l1.json");
+    let write_key = |name: &str, key: u32| -> Result<PathBuf, String> {
+        let path = dir.join(name);
+        if !path.exists() {
+            let secret: [u8; 32] = keys::dev_key(key).to_bytes().into();
+            keys::write_secret(&path, &secret).map_err(|e| e.to_string())?;
+        }
+        Ok(path)
+    };
+    if index < validators {
+        config.l1.settlement_key_file = Some(write_key(
+            "settlement.key",
+            keys::DEV_SETTLEMENT_KEY_FIRST + index as u32,
+        )?);
+        if index == 0 {
+            config.l1.batcher.key_file = Some(write_key("batcher.key", keys::DEV_BATCHER_KEY)?);
+        }
+    }
+    Ok(())
 }

@@ -9,16 +9,17 @@ use std::{
 };
 
 use alloy_primitives::{Address, B256};
-use alloy_signer_local::{MnemonicBuilder, PrivateKeySigner, coins_bip39::English};
+use alloy_signer_local::{MnemonicBuilder, coins_bip39::English};
 use rtchain_l1::{
     anvil::{Anvil, AnvilOptions},
     deploy::{DeployParams, Deployment},
 };
 
 use crate::{
-    Node,
     cluster::{self, ClusterL1, ClusterSpec},
     config::{ConsensusSync, NodeConfig},
+    keys::{DEV_ADMIN_KEY, DEV_BATCHER_KEY, DEV_SETTLEMENT_KEY_FIRST, dev_key},
+    node::Node,
 };
 
 /// Which L1 the devnet settles to.
@@ -54,23 +55,6 @@ impl Default for DevnetL1Options {
         }
     }
 }
-
-/// Anvil's (and hardhat's) dev key `i` of the test mnemonic: funded on the devnet's L1 as on
-/// its L2.
-pub fn dev_key(i: u32) -> PrivateKeySigner {
-    MnemonicBuilder::<English>::default()
-        .phrase(rtchain_state::genesis::DEV_MNEMONIC)
-        .index(i)
-        .and_then(|b| b.build())
-        .expect("the dev mnemonic derives")
-}
-
-/// The dev key the deployer, the registry's and inbox's owner and the guardian use.
-pub const DEV_ADMIN_KEY: u32 = 0;
-/// The dev key of the batcher.
-pub const DEV_BATCHER_KEY: u32 = 1;
-/// Validator `i` signs output roots with dev key `DEV_SETTLEMENT_KEY_FIRST + i`.
-pub const DEV_SETTLEMENT_KEY_FIRST: u32 = 2;
 
 /// The devnet's L1 while it runs: anvil (if the devnet started it) and the contracts.
 pub struct DevnetL1 {
@@ -163,44 +147,6 @@ async fn deployed_at(url: &str, deployment: &Deployment) -> bool {
             .is_ok_and(|code| !code.is_empty())
 }
 
-/// `[l1]` for node `index` of a devnet whose directory is `dir`: the record copied into its
-/// data directory, and its dev keys written beside its config (validator `index` signs, the
-/// first one also posts batches; followers only read).
-pub fn configure_l1(
-    config: &mut NodeConfig,
-    dir: &Path,
-    url: &str,
-    deployment: &Deployment,
-    index: usize,
-    validators: usize,
-) -> Result<(), String> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-    deployment
-        .save(&config.data_dir.join("l1.json"))
-        .map_err(|e| e.to_string())?;
-    config.l1.url = Some(url.to_owned());
-    config.l1.deployment = PathBuf::from("l1.json");
-    let write_key = |name: &str, key: u32| -> Result<PathBuf, String> {
-        let path = dir.join(name);
-        if !path.exists() {
-            let secret: [u8; 32] = dev_key(key).to_bytes().into();
-            crate::keys::write_secret(&path, &secret).map_err(|e| e.to_string())?;
-        }
-        Ok(path)
-    };
-    if index < validators {
-        config.l1.settlement_key_file = Some(write_key(
-            "settlement.key",
-            DEV_SETTLEMENT_KEY_FIRST + index as u32,
-        )?);
-        if index == 0 {
-            config.l1.batcher.key_file = Some(write_key("batcher.key", DEV_BATCHER_KEY)?);
-        }
-    }
-    Ok(())
-}
-
 /// Prints where the L2's L1 is and what is deployed there.
 fn print_l1(l1: &DevnetL1) {
     let d = &l1.deployment;
@@ -290,7 +236,7 @@ pub async fn run(options: DevnetOptions) -> Result<(), String> {
     .await?;
     if let Some(l1) = &l1 {
         let dir = config.data_dir.clone();
-        configure_l1(&mut config, &dir, &l1.url, &l1.deployment, 0, 1)?;
+        cluster::configure_l1(&mut config, &dir, &l1.url, &l1.deployment, 0, 1)?;
         print_l1(l1);
     }
     // The dev accounts are funded only by the built-in dev genesis.

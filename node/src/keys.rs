@@ -11,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use alloy_signer_local::PrivateKeySigner;
+use alloy_signer_local::{MnemonicBuilder, PrivateKeySigner, coins_bip39::English};
 use ed25519_dalek::SigningKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,23 @@ fn read_secret(path: &Path) -> Result<[u8; 32], KeyError> {
 pub fn public_hex(key: &SigningKey) -> String {
     format!("0x{}", hex::encode(key.verifying_key().as_bytes()))
 }
+
+/// Anvil's (and hardhat's) dev key `i` of the test mnemonic: funded on the devnet's L1 as on
+/// its L2.
+pub fn dev_key(i: u32) -> PrivateKeySigner {
+    MnemonicBuilder::<English>::default()
+        .phrase(rtchain_state::genesis::DEV_MNEMONIC)
+        .index(i)
+        .and_then(|b| b.build())
+        .expect("the dev mnemonic derives")
+}
+
+/// The dev key the deployer, the registry's and inbox's owner and the guardian use.
+pub const DEV_ADMIN_KEY: u32 = 0;
+/// The dev key of the batcher.
+pub const DEV_BATCHER_KEY: u32 = 1;
+/// Validator `i` signs output roots with dev key `DEV_SETTLEMENT_KEY_FIRST + i`.
+pub const DEV_SETTLEMENT_KEY_FIRST: u32 = 2;
 
 #[cfg(test)]
 mod tests {

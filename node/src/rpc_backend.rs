@@ -25,7 +25,7 @@ use rtchain_rpc::backend::{
     Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, ReceiptWait, StateAt,
     TxView,
 };
-use rtchain_state::store::StoreError;
+use rtchain_state::StoreError;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::{

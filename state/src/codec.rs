@@ -7,7 +7,7 @@ use op_alloy_consensus::{OpReceiptEnvelope, OpTxEnvelope};
 use revm::state::AccountInfo;
 use rtchain_exec::{RecoveredTx, TxReceipt};
 
-use crate::store::StoreError;
+use crate::error::StoreError;
 
 /// nonce (8) | balance (32) | code hash (32).
 pub const ACCOUNT_LEN: usize = 72;

@@ -8,6 +8,7 @@
 //! mini-block) holds everything needed to rebuild it after a crash.
 
 pub mod codec;
+pub mod error;
 pub mod genesis;
 pub mod layered;
 pub mod minilog;
@@ -15,7 +16,8 @@ pub mod state_root;
 pub mod store;
 pub mod trie;
 
+pub use error::StoreError;
 pub use genesis::{Genesis, GenesisError};
 pub use layered::{LayeredState, Layers};
 pub use minilog::{LogRecord, MiniLog, MiniLogError};
-pub use store::{Store, StoreError};
+pub use store::Store;

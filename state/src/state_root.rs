@@ -15,7 +15,8 @@ use alloy_trie::{
 use rtchain_exec::StateDiff;
 
 use crate::{
-    store::{StoreError, StoreView, TrieWrites},
+    error::StoreError,
+    store::{StoreView, TrieWrites},
     trie::{MerkleTrie, TrieError, TrieStore},
 };
 

@@ -16,7 +16,7 @@ use rocksdb::{
 };
 use rtchain_exec::{RecoveredTx, StateDiff, StateError, StateReader, TxReceipt};
 
-use crate::codec;
+use crate::{codec, error::StoreError};
 
 pub const CF_ACCOUNTS: &str = "accounts";
 pub const CF_STORAGE: &str = "storage";
@@ -56,27 +56,6 @@ const META_CHAIN: &[u8] = b"chain";
 /// the block number, so a range query is one seek and a forward scan.
 const LOG_BY_ADDRESS: u8 = b'a';
 const LOG_BY_TOPIC: u8 = b't';
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("rocksdb at {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rocksdb::Error,
-    },
-    #[error("rocksdb: {0}")]
-    Db(#[from] rocksdb::Error),
-    #[error("corrupt record: {0}")]
-    Corrupt(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl From<StoreError> for StateError {
-    fn from(e: StoreError) -> Self {
-        StateError(e.to_string())
-    }
-}
 
 /// The newest sealed block, as recorded atomically with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
