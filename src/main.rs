@@ -70,6 +70,31 @@ struct NodeArgs {
     /// Overrides the config's JSON-RPC address.
     #[arg(long)]
     rpc_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    history: HistoryArgs,
+}
+
+/// How much state history a node keeps for reads at older blocks (docs/operator.md).
+#[derive(clap::Args, Debug, Clone)]
+struct HistoryArgs {
+    /// Keep the state of the last N EVM blocks for reads below the head (0: only the newest
+    /// state). Default: the config's `[storage] history_blocks` (100,000).
+    #[arg(long, value_name = "N")]
+    history_blocks: Option<u64>,
+    /// Keep the state of every block.
+    #[arg(long, conflicts_with = "history_blocks")]
+    archive: bool,
+}
+
+impl HistoryArgs {
+    fn apply(&self, storage: &mut rtchain_node::config::StorageSection) {
+        if let Some(n) = self.history_blocks {
+            storage.history_blocks = n;
+        }
+        if self.archive {
+            storage.archive = true;
+        }
+    }
 }
 
 impl NodeArgs {
@@ -84,6 +109,7 @@ impl NodeArgs {
         if let Some(addr) = self.rpc_addr {
             config.rpc.addr = addr;
         }
+        self.history.apply(&mut config.storage);
         if let Some(url) = &self.derive_from_l1 {
             config.l1.url = Some(url.clone());
             config.l1.derive = true;
@@ -142,6 +168,9 @@ struct StatetestArgs {
 enum BenchCommand {
     /// Open-loop JSON-RPC load: submit-to-receipt latency and sustained rate.
     Rpc(bench::RpcBenchArgs),
+    /// Storage cost of the state history in a stopped node's data directory, per block and
+    /// per transaction.
+    History(bench::HistoryBenchArgs),
     /// The executor alone: sequential against parallel on pre-signed batches in memory.
     Exec(bench::ExecBenchArgs),
     /// The UDP fast path: open-loop submit-to-receipt latency and sustained rate per backend.
@@ -212,6 +241,8 @@ struct DevnetArgs {
     /// Seconds an output root waits on L1 before withdrawals against it can be finalized.
     #[arg(long, default_value_t = 12)]
     withdrawal_delay_secs: u64,
+    #[command(flatten)]
+    history: HistoryArgs,
 }
 
 fn main() -> ExitCode {
@@ -296,6 +327,9 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::L1(args)) => {
                 bench::run_l1_bench(args).await.map_err(|e| e.to_string())
             }
+            Command::Bench(BenchCommand::History(args)) => bench::run_history_bench(args)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             Command::Bench(BenchCommand::Exec(args)) => bench::run_exec_bench(args)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
@@ -345,6 +379,11 @@ impl From<DevnetArgs> for devnet::DevnetOptions {
             validators: a.validators,
             followers: a.followers,
             netns: a.netns,
+            history: {
+                let mut storage = rtchain_node::config::StorageSection::default();
+                a.history.apply(&mut storage);
+                storage.history_mode()
+            },
             l1: devnet::DevnetL1Options {
                 choice: match (a.l1, a.no_l1) {
                     (_, true) => devnet::L1Choice::None,

@@ -64,6 +64,15 @@ async fn transfer(rpc: &Rpc, from: u32, to: Address, value: U256) -> B256 {
         .transaction_hash
 }
 
+/// The head once the last of `hashes` is sealed: a synchronous send answers at its mini-block,
+/// before the block that holds it is sealed.
+async fn sealed_head(rpc: &Rpc, hashes: &[B256]) -> u64 {
+    let last = hashes.last().expect("a transaction was sent");
+    let sealed = rpc.wait_receipt(*last, WAIT).await;
+    let head = rpc.block_number().await.unwrap();
+    head.max(sealed.block_number.expect("a sealed receipt has a block"))
+}
+
 /// Starts `rtchain node --derive-from-l1` on a fresh directory and waits until it reaches L2
 /// block `until`; returns it.
 fn derivation_node(dir: &Path, l1: &str, deployment: &Path) -> (std::process::Child, Rpc) {
@@ -325,7 +334,7 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
             .await,
         );
     }
-    let head = rpc.block_number().await.unwrap();
+    let head = sealed_head(&rpc, &hashes).await;
     wait_posted(&rpc, head).await;
 
     // Reorg the two newest L1 blocks (anvil's safe block is two behind: origins and deposits
@@ -394,7 +403,7 @@ async fn an_l1_reorg_and_a_killed_batcher_lose_nothing_and_post_no_gap_or_duplic
             .await,
         );
     }
-    let head = rpc.block_number().await.unwrap();
+    let head = sealed_head(&rpc, &hashes).await;
     wait_posted(&rpc, head).await;
     let posted = check_inbox_chain(&anvil.url, &deployment).await;
     assert!(posted >= head);

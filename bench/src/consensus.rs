@@ -106,6 +106,7 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
         netns: false,
         fastpath_base_port: None,
         l1: None,
+        history: rtchain_node::config::StorageSection::default().history_mode(),
     };
     let mut cluster = tokio::task::spawn_blocking(move || cluster::launch(&spec))
         .await

@@ -389,7 +389,8 @@ pub fn open(
         coinbase: config.chain.coinbase,
         ..ExecConfig::dev(genesis.chain_id)
     };
-    let store = Store::open(&dir.join("db"))?;
+    let mut store = Store::open(&dir.join("db"))?;
+    store.configure_history(config.storage.history_mode())?;
     let head = init_genesis(&store, &genesis)?;
     let head_header = store
         .header(head.number)?

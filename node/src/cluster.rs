@@ -35,6 +35,8 @@ pub struct ClusterSpec {
     pub netns: bool,
     /// The L1 the cluster settles to, with its contracts deployed for these validators.
     pub l1: Option<ClusterL1>,
+    /// State history each node keeps (`[storage] history_blocks` / `archive`).
+    pub history: rtchain_state::HistoryMode,
 }
 
 /// A cluster's L1: every node reads it; validator `i` signs output roots with anvil's dev key
@@ -205,6 +207,7 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Cluster, String> {
         if spec.sync == ConsensusSync::Off {
             config.storage.minilog_sync = rtchain_state::minilog::SyncMode::Off;
         }
+        config.storage.set_history_mode(spec.history);
         config.consensus.validators = validators.to_vec();
         config.consensus.followers = followers.to_vec();
         config.consensus.key_file = Some(key_path);

@@ -231,6 +231,31 @@ pub struct StorageSection {
     /// `always` (default): every mini-block is fdatasync'ed before its receipts go out.
     /// `off`: for benchmarks only; a crash can lose acknowledged transactions.
     pub minilog_sync: SyncMode,
+    /// State kept for reads below the head: the last this many EVM blocks (0: only the newest
+    /// state). Older history is pruned a few blocks per seal.
+    pub history_blocks: u64,
+    /// Keep the state of every block (overrides `history_blocks`).
+    pub archive: bool,
+}
+
+impl StorageSection {
+    pub fn set_history_mode(&mut self, mode: rtchain_state::HistoryMode) {
+        use rtchain_state::HistoryMode;
+        (self.archive, self.history_blocks) = match mode {
+            HistoryMode::Archive => (true, self.history_blocks),
+            HistoryMode::Off => (false, 0),
+            HistoryMode::Window(n) => (false, n),
+        };
+    }
+
+    pub fn history_mode(&self) -> rtchain_state::HistoryMode {
+        use rtchain_state::HistoryMode;
+        match (self.archive, self.history_blocks) {
+            (true, _) => HistoryMode::Archive,
+            (false, 0) => HistoryMode::Off,
+            (false, n) => HistoryMode::Window(n),
+        }
+    }
 }
 
 /// Packet I/O backend.
@@ -341,6 +366,8 @@ impl Default for StorageSection {
         Self {
             minilog_size_bytes: 64 << 20,
             minilog_sync: SyncMode::Always,
+            history_blocks: 100_000,
+            archive: false,
         }
     }
 }

@@ -187,6 +187,8 @@ pub struct DevnetOptions {
     pub followers: usize,
     pub netns: bool,
     pub l1: DevnetL1Options,
+    /// State history each node keeps.
+    pub history: rtchain_state::HistoryMode,
 }
 
 /// `rtchain devnet`: one validator in this process, or `validators` node processes.
@@ -211,6 +213,7 @@ pub async fn run(options: DevnetOptions) -> Result<(), String> {
     config.rpc.addr = options.rpc_addr;
     config.chain.chain_id = options.chain_id;
     config.chain.genesis = options.genesis;
+    config.storage.set_history_mode(options.history);
     config.fastpath.listen = options.fastpath_addr;
     config.fastpath.enabled = !options.no_fastpath;
     config.sequencer.block_interval_ms = options.block_interval_ms;
@@ -275,6 +278,7 @@ async fn run_cluster(options: DevnetOptions) -> Result<(), String> {
         netns: options.netns,
         fastpath_base_port: (!options.no_fastpath).then_some(options.fastpath_addr.port()),
         l1: None,
+        history: options.history,
     };
     let consensus_keys = cluster::node_keys(&spec)?
         .iter()

@@ -10,6 +10,7 @@ use alloy_rpc_types_eth::{
     AccessList, BlockOverrides, EIP1186AccountProofResponse, EIP1186StorageProof, Filter, Log,
     TransactionRequest, state::StateOverride,
 };
+use rtchain_exec::StateError;
 use rtchain_exec::{
     BlockContext, SealedBlock, SimulationChecks, StateReader, TxLocation,
     call::{Estimate, create_access_list, estimate_gas},
@@ -25,12 +26,12 @@ use rtchain_rpc::backend::{
     Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, ReceiptWait, StateAt,
     TxView,
 };
-use rtchain_state::StoreError;
+use rtchain_state::{StoreError, store::HistoricalView};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::{
     admission,
-    chain::Chain,
+    chain::{Chain, LiveState},
     fastpath::StatsHandle,
     outcome::{Outcome, Rejection, ReplySink},
     replica::ConsensusStats,
@@ -90,17 +91,17 @@ impl NodeBackend {
         &self.chain
     }
 
-    fn check_state_at(&self, at: StateAt) -> Result<(), BackendError> {
+    /// The state a read names: the newest (layers over RocksDB), or a sealed block's from the
+    /// history the store keeps.
+    fn state(&self, at: StateAt) -> Result<ReadState<'_>, BackendError> {
         match at {
-            StateAt::Latest => Ok(()),
-            StateAt::Block(n) => {
-                let head = self.chain.state.read().head.number;
-                if n >= head {
-                    Ok(())
-                } else {
-                    Err(BackendError::HistoricalStateUnavailable(n))
-                }
-            }
+            StateAt::Latest => Ok(ReadState::Live(self.chain.latest_state())),
+            StateAt::Block(n) => self
+                .chain
+                .store
+                .view_at(n)
+                .map(ReadState::Block)
+                .map_err(history_err),
         }
     }
 
@@ -109,12 +110,33 @@ impl NodeBackend {
         address: Address,
         at: StateAt,
     ) -> Result<Option<rtchain_exec::revm::state::AccountInfo>, BackendError> {
-        self.check_state_at(at)?;
-        self.chain.latest_state().account(address).map_err(internal)
+        self.state(at)?.account(address).map_err(internal)
     }
 
-    fn block_context(&self, overrides: Option<&BlockOverrides>) -> BlockContext {
-        let mut ctx = self.chain.pending_block_context();
+    /// The block a call executes in: the next block's context on the newest state, the block's
+    /// own header at a sealed block (as geth does), then the caller's overrides.
+    fn block_context(
+        &self,
+        state: &ReadState<'_>,
+        overrides: Option<&BlockOverrides>,
+    ) -> Result<BlockContext, BackendError> {
+        let mut ctx = match state {
+            ReadState::Live(_) => self.chain.pending_block_context(),
+            ReadState::Block(view) => {
+                let header = view
+                    .header()
+                    .map_err(store_err)?
+                    .ok_or(BackendError::BlockNotFound)?;
+                BlockContext {
+                    number: header.number,
+                    timestamp: header.timestamp,
+                    beneficiary: header.beneficiary,
+                    base_fee: header.base_fee_per_gas.unwrap_or_default(),
+                    gas_limit: header.gas_limit,
+                    prevrandao: header.mix_hash,
+                }
+            }
+        };
         if let Some(o) = overrides {
             if let Some(n) = o.number {
                 ctx.number = n.saturating_to();
@@ -135,7 +157,7 @@ impl NodeBackend {
                 ctx.base_fee = f.saturating_to();
             }
         }
-        ctx
+        Ok(ctx)
     }
 
     /// geth's call semantics: no fee fields means a zero gas price, no base fee and no balance
@@ -251,6 +273,59 @@ fn internal(e: impl std::fmt::Display) -> BackendError {
 
 fn store_err(e: StoreError) -> BackendError {
     BackendError::Internal(e.to_string())
+}
+
+/// A read below the history kept is the caller's to fix (a newer block, or a node that keeps
+/// more); anything else is internal.
+fn history_err(e: StoreError) -> BackendError {
+    match e {
+        StoreError::HistoryNotKept { .. } => {
+            BackendError::HistoricalStateUnavailable(e.to_string())
+        }
+        other => store_err(other),
+    }
+}
+
+/// The state an RPC read or call sees.
+enum ReadState<'a> {
+    Live(LiveState<'a>),
+    Block(HistoricalView<'a>),
+}
+
+impl StateReader for ReadState<'_> {
+    fn account(
+        &self,
+        address: Address,
+    ) -> Result<Option<rtchain_exec::revm::state::AccountInfo>, StateError> {
+        match self {
+            ReadState::Live(s) => s.account(address),
+            ReadState::Block(s) => s.account(address),
+        }
+    }
+
+    fn storage(&self, address: Address, slot: U256) -> Result<U256, StateError> {
+        match self {
+            ReadState::Live(s) => s.storage(address, slot),
+            ReadState::Block(s) => s.storage(address, slot),
+        }
+    }
+
+    fn code(
+        &self,
+        code_hash: B256,
+    ) -> Result<Option<rtchain_exec::revm::bytecode::Bytecode>, StateError> {
+        match self {
+            ReadState::Live(s) => s.code(code_hash),
+            ReadState::Block(s) => s.code(code_hash),
+        }
+    }
+
+    fn block_hash(&self, number: u64) -> Result<B256, StateError> {
+        match self {
+            ReadState::Live(s) => s.block_hash(number),
+            ReadState::Block(s) => s.block_hash(number),
+        }
+    }
 }
 
 fn outcome(result: ExecutionResult) -> CallOutcome {
@@ -647,6 +722,7 @@ impl Backend for NodeBackend {
         if account.code_hash == KECCAK_EMPTY {
             return Ok(Bytes::new());
         }
+        // Code is kept by hash for every block: the newest state has it.
         let code = self
             .chain
             .latest_state()
@@ -656,12 +732,7 @@ impl Backend for NodeBackend {
     }
 
     fn storage(&self, address: Address, slot: U256, at: StateAt) -> Result<B256, BackendError> {
-        self.check_state_at(at)?;
-        let value = self
-            .chain
-            .latest_state()
-            .storage(address, slot)
-            .map_err(internal)?;
+        let value = self.state(at)?.storage(address, slot).map_err(internal)?;
         Ok(B256::from(value))
     }
 
@@ -672,11 +743,10 @@ impl Backend for NodeBackend {
         state_overrides: Option<&StateOverride>,
         block_overrides: Option<&BlockOverrides>,
     ) -> Result<CallOutcome, BackendError> {
-        self.check_state_at(at)?;
-        let ctx = self.block_context(block_overrides);
+        let state = self.state(at)?;
+        let ctx = self.block_context(&state, block_overrides)?;
         let (env, checks) = self.tx_env(request, &ctx)?;
-        let latest = self.chain.latest_state();
-        let overlay = self.overlay_with(&latest, state_overrides)?;
+        let overlay = self.overlay_with(&state, state_overrides)?;
         match simulate(&self.chain.exec, &ctx, &overlay, env, checks).map_err(internal)? {
             Ok(result) => Ok(outcome(result)),
             Err(e) => Err(BackendError::InvalidTransaction(e.to_string())),
@@ -689,11 +759,10 @@ impl Backend for NodeBackend {
         at: StateAt,
         state_overrides: Option<&StateOverride>,
     ) -> Result<Result<u64, CallOutcome>, BackendError> {
-        self.check_state_at(at)?;
-        let ctx = self.block_context(None);
+        let state = self.state(at)?;
+        let ctx = self.block_context(&state, None)?;
         let (env, checks) = self.tx_env(request, &ctx)?;
-        let latest = self.chain.latest_state();
-        let overlay = self.overlay_with(&latest, state_overrides)?;
+        let overlay = self.overlay_with(&state, state_overrides)?;
         match estimate_gas(&self.chain.exec, &ctx, &overlay, env, checks).map_err(internal)? {
             Estimate::Gas(gas) => Ok(Ok(gas)),
             Estimate::Fails(result) => Ok(Err(outcome(result))),
@@ -706,11 +775,10 @@ impl Backend for NodeBackend {
         request: &TransactionRequest,
         at: StateAt,
     ) -> Result<(AccessList, CallOutcome), BackendError> {
-        self.check_state_at(at)?;
-        let ctx = self.block_context(None);
+        let state = self.state(at)?;
+        let ctx = self.block_context(&state, None)?;
         let (env, checks) = self.tx_env(request, &ctx)?;
-        let latest = self.chain.latest_state();
-        match create_access_list(&self.chain.exec, &ctx, &latest, env, checks).map_err(internal)? {
+        match create_access_list(&self.chain.exec, &ctx, &state, env, checks).map_err(internal)? {
             Ok((list, result)) => Ok((list, outcome(result))),
             Err(e) => Err(BackendError::InvalidTransaction(e.to_string())),
         }
@@ -737,18 +805,21 @@ impl Backend for NodeBackend {
         slots: &[B256],
         at: StateAt,
     ) -> Result<EIP1186AccountProofResponse, BackendError> {
-        let head = self.chain.state.read().head;
-        if let StateAt::Block(n) = at
-            && n != head.number
-        {
-            return Err(BackendError::HistoricalStateUnavailable(n));
-        }
-        // Proofs are against the newest sealed block: its root is what clients can check.
+        // Proofs are against the newest sealed block: its root is what clients can check. The
+        // trie keeps one version, so older blocks have no proof (their state reads do).
         let view = self.chain.store.view();
         let head = view
             .head()
             .map_err(store_err)?
             .ok_or(BackendError::BlockNotFound)?;
+        if let StateAt::Block(n) = at
+            && n != head.number
+        {
+            return Err(BackendError::HistoricalStateUnavailable(format!(
+                "eth_getProof is served at the newest sealed block ({}) only, not at block {n}: this node keeps one version of the state trie",
+                head.number
+            )));
+        }
         let header = view
             .header(head.number)
             .map_err(store_err)?

@@ -29,8 +29,9 @@ pub fn wait_on(receiver: oneshot::Receiver<Result<ReceiptView, BackendError>>) -
 pub enum StateAt {
     /// The newest executed mini-block (tags `latest` and `pending`, and the head block number).
     Latest,
-    /// The state right after the given EVM block. A node that keeps only the newest state
-    /// answers [`BackendError::HistoricalStateUnavailable`] for anything but the head.
+    /// The state right after the given EVM block (the head's included: without what executed
+    /// since). A block older than the node keeps answers
+    /// [`BackendError::HistoricalStateUnavailable`].
     Block(u64),
 }
 
@@ -83,8 +84,9 @@ pub enum BackendError {
     /// The pool is full or the sender has too many queued transactions.
     #[error("{0}")]
     PoolFull(String),
-    #[error("historical state unavailable for block {0}: this node keeps only the newest state")]
-    HistoricalStateUnavailable(u64),
+    /// A read below the history the node keeps; the message names the oldest block kept.
+    #[error("{0}")]
+    HistoricalStateUnavailable(String),
     #[error("header not found")]
     BlockNotFound,
     /// Bad parameters the backend noticed (code -32602).

@@ -118,9 +118,9 @@ impl RpcContext {
     }
 
     /// The state a read names. `latest`/`pending` (and no block at all) read the newest
-    /// mini-block's state; a number at or above the head block too, by design (the head block's
-    /// state plus what executed since); older blocks are asked of the backend, which may keep
-    /// only the newest state. Unknown blocks answer geth's "header not found".
+    /// mini-block's state (the head block's plus what executed since); a number, hash or the
+    /// other tags name exactly that sealed block's state, which the backend keeps for a window
+    /// of blocks. Unknown blocks answer geth's "header not found".
     pub(crate) fn state_at(&self, id: Option<BlockId>) -> RpcResult<StateAt> {
         let head = self.backend.head();
         let number = match id {
@@ -134,8 +134,6 @@ impl RpcContext {
         };
         if number > head.block_number {
             Err(header_not_found())
-        } else if number == head.block_number {
-            Ok(StateAt::Latest)
         } else {
             Ok(StateAt::Block(number))
         }

@@ -18,6 +18,20 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Invalid(String),
+    /// A state read below what this node keeps.
+    #[error("{}", history_not_kept(*block, *oldest))]
+    HistoryNotKept { block: u64, oldest: Option<u64> },
+}
+
+fn history_not_kept(block: u64, oldest: Option<u64>) -> String {
+    match oldest {
+        Some(oldest) => format!(
+            "historical state for block {block} is not kept: the oldest block this node keeps is {oldest} (run it with a larger --history-blocks or --archive)"
+        ),
+        None => format!(
+            "historical state for block {block} is not kept: this node keeps only the newest state (run it with --history-blocks or --archive)"
+        ),
+    }
 }
 
 impl From<StoreError> for StateError {

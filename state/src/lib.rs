@@ -10,14 +10,18 @@
 pub mod codec;
 pub mod error;
 pub mod genesis;
+pub mod history;
 pub mod layered;
 pub mod minilog;
 pub mod state_root;
 pub mod store;
+#[cfg(test)]
+mod test_diffs;
 pub mod trie;
 
 pub use error::StoreError;
 pub use genesis::{Genesis, GenesisError};
+pub use history::HistoryMode;
 pub use layered::{LayeredState, Layers};
 pub use minilog::{LogRecord, MiniLog, MiniLogError};
 pub use store::Store;

@@ -16,7 +16,11 @@ use rocksdb::{
 };
 use rtchain_exec::{RecoveredTx, StateDiff, StateError, StateReader, TxReceipt};
 
-use crate::{codec, error::StoreError};
+use crate::{
+    codec,
+    error::StoreError,
+    history::{self, ChangeSet, HistoryMode},
+};
 
 pub const CF_ACCOUNTS: &str = "accounts";
 pub const CF_STORAGE: &str = "storage";
@@ -33,8 +37,13 @@ pub const CF_META: &str = "meta";
 /// posts), output-root fields, and the message passer's storage-trie nodes by hash (so
 /// withdrawals can be proven against any output, not only the newest state).
 pub const CF_SETTLEMENT: &str = "settlement";
+/// History records: the value of an account or slot before each block that changed it (see
+/// [`crate::history`]).
+pub const CF_HISTORY: &str = "history";
+/// Change sets: the history keys each block wrote, for pruning.
+pub const CF_CHANGE_SETS: &str = "change_sets";
 
-const COLUMN_FAMILIES: [&str; 12] = [
+const COLUMN_FAMILIES: [&str; 14] = [
     CF_ACCOUNTS,
     CF_STORAGE,
     CF_CODE,
@@ -47,10 +56,14 @@ const COLUMN_FAMILIES: [&str; 12] = [
     CF_BLOCK_INDEX,
     CF_META,
     CF_SETTLEMENT,
+    CF_HISTORY,
+    CF_CHANGE_SETS,
 ];
 
 const META_HEAD: &[u8] = b"head";
 const META_CHAIN: &[u8] = b"chain";
+/// The oldest block whose state can be read; absent while no history is kept.
+const META_HISTORY_OLDEST: &[u8] = b"history_oldest";
 
 /// Log index key prefixes: by emitting address and by topic (any position), each followed by
 /// the block number, so a range query is one seek and a forward scan.
@@ -103,6 +116,30 @@ pub struct TrieWrites {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    history: HistoryMode,
+}
+
+/// The history a store keeps and its size on disk (see [`Store::history_footprint`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryFootprint {
+    pub oldest: Option<u64>,
+    pub head: u64,
+    /// Blocks with a change set (every block above `oldest`).
+    pub blocks: u64,
+    /// History records: accounts and slots changed, summed over blocks.
+    pub records: u64,
+    /// Compressed SST bytes of the records and of the change sets.
+    pub history_bytes: u64,
+    pub change_set_bytes: u64,
+}
+
+/// What pruning removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub blocks: u64,
+    pub records: u64,
+    /// The oldest block whose state is still kept.
+    pub oldest: u64,
 }
 
 impl Store {
@@ -139,7 +176,47 @@ impl Store {
         Ok(Self {
             db,
             path: path.to_owned(),
+            history: HistoryMode::Off,
         })
+    }
+
+    /// Sets how much history this store keeps, before the first commit. Enabling history on a
+    /// chain that kept none makes the head the oldest readable block; turning it off deletes
+    /// every history record (a later enabling starts afresh).
+    pub fn configure_history(&mut self, mode: HistoryMode) -> Result<(), StoreError> {
+        self.history = mode;
+        let meta = self.cf(CF_META);
+        if mode == HistoryMode::Off {
+            if self.db.get_cf(meta, META_HISTORY_OLDEST)?.is_some() {
+                let mut batch = WriteBatch::default();
+                batch.delete_cf(meta, META_HISTORY_OLDEST);
+                for cf in [CF_HISTORY, CF_CHANGE_SETS] {
+                    batch.delete_range_cf(self.cf(cf), [0u8].as_slice(), [0xffu8; 64].as_slice());
+                }
+                self.db.write_opt(batch, &sync_write())?;
+            }
+            return Ok(());
+        }
+        if self.db.get_cf(meta, META_HISTORY_OLDEST)?.is_none()
+            && let Some(head) = self.head()?
+        {
+            self.db.put_cf_opt(
+                meta,
+                META_HISTORY_OLDEST,
+                head.number.to_be_bytes(),
+                &sync_write(),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn history_mode(&self) -> HistoryMode {
+        self.history
+    }
+
+    /// The oldest block whose state can be read (`None`: no history kept, only the head).
+    pub fn history_oldest(&self) -> Result<Option<u64>, StoreError> {
+        read_oldest(self.db.get_cf(self.cf(CF_META), META_HISTORY_OLDEST)?)
     }
 
     pub fn path(&self) -> &Path {
@@ -187,6 +264,16 @@ impl Store {
         let key = number.to_be_bytes();
         let mut batch = WriteBatch::default();
 
+        if self.history != HistoryMode::Off {
+            let meta = self.cf(CF_META);
+            if self.db.get_cf(meta, META_HISTORY_OLDEST)?.is_none() {
+                batch.put_cf(meta, META_HISTORY_OLDEST, number.to_be_bytes());
+            }
+            if number > 0 {
+                let changes = self.record_history(&mut batch, number, c.diff)?;
+                batch.put_cf(self.cf(CF_CHANGE_SETS), key, changes.as_bytes());
+            }
+        }
         for (address, change) in &c.diff.accounts {
             if change.storage_cleared || change.info.is_none() {
                 let (from, to) = storage_range(address);
@@ -271,6 +358,188 @@ impl Store {
         options.set_sync(false);
         self.db.write_opt(batch, &options)?;
         Ok(())
+    }
+
+    /// Writes into `batch` the history records of block `number`: the value, before it, of each
+    /// account and slot that `diff` changes. Reads the flat state, which holds the block before.
+    fn record_history(
+        &self,
+        batch: &mut WriteBatch,
+        number: u64,
+        diff: &StateDiff,
+    ) -> Result<ChangeSet, StoreError> {
+        let cf_history = self.cf(CF_HISTORY);
+        let mut changes = ChangeSet::default();
+        let mut record = |batch: &mut WriteBatch, prefix: &[u8], old: &[u8]| {
+            batch.put_cf(cf_history, history::record_key(prefix, number), old);
+            changes.push(prefix);
+        };
+        for (address, change) in &diff.accounts {
+            let old = self.db.get_cf(self.cf(CF_ACCOUNTS), address)?;
+            let new = change.info.as_ref().map(codec::encode_account);
+            if old.as_deref() != new.as_ref().map(|n| n.as_slice()) {
+                record(
+                    batch,
+                    &history::account_prefix(address),
+                    old.as_deref().unwrap_or_default(),
+                );
+            }
+            // A destroyed or re-created account loses every slot it had: each one's old value
+            // goes on record unless the diff writes the same value back.
+            let cleared = change.storage_cleared || change.info.is_none();
+            if cleared {
+                let (from, to) = storage_range(address);
+                let mut options = ReadOptions::default();
+                options.set_iterate_upper_bound(to);
+                let iter = self.db.iterator_cf_opt(
+                    self.cf(CF_STORAGE),
+                    options,
+                    IteratorMode::From(&from, Direction::Forward),
+                );
+                for item in iter {
+                    let (k, v) = item?;
+                    if k.len() != 52 {
+                        return Err(StoreError::Corrupt("storage record".into()));
+                    }
+                    let slot = U256::from_be_slice(&k[20..]);
+                    let kept = change.info.is_some()
+                        && change.storage.get(&slot) == Some(&U256::from_be_slice(&v));
+                    if !kept {
+                        record(batch, &history::storage_prefix(address, &slot), &v);
+                    }
+                }
+            }
+            for (slot, value) in &change.storage {
+                let old = self
+                    .db
+                    .get_pinned_cf(self.cf(CF_STORAGE), storage_key(address, slot))?;
+                let old_value = old.as_deref().map(U256::from_be_slice).unwrap_or_default();
+                if cleared && old.is_some() {
+                    // Recorded (or found unchanged) with the cleared slots above.
+                    continue;
+                }
+                if old_value != *value {
+                    record(
+                        batch,
+                        &history::storage_prefix(address, slot),
+                        old.as_deref().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Deletes the history of at most `max_blocks` blocks that fell out of the window, oldest
+    /// first, in one batch: a bounded amount of work per call, so that pruning keeps pace with
+    /// sealing without bursts (a node that shrinks its window catches up over many calls).
+    pub fn prune_history(&self, max_blocks: u64) -> Result<Pruned, StoreError> {
+        let Some(oldest) = self.history_oldest()? else {
+            return Ok(Pruned::default());
+        };
+        let Some(head) = self.head()? else {
+            return Ok(Pruned::default());
+        };
+        let Some(target) = self.history.oldest_to_keep(head.number) else {
+            return Ok(Pruned {
+                oldest,
+                ..Pruned::default()
+            });
+        };
+        let until = target.min(oldest.saturating_add(max_blocks));
+        let mut pruned = Pruned {
+            oldest,
+            ..Pruned::default()
+        };
+        if until <= oldest {
+            return Ok(pruned);
+        }
+        let mut batch = WriteBatch::default();
+        let cf_sets = self.cf(CF_CHANGE_SETS);
+        for block in oldest + 1..=until {
+            let key = block.to_be_bytes();
+            if let Some(set) = self.db.get_pinned_cf(cf_sets, key)? {
+                for prefix in history::decode_change_set(&set)? {
+                    batch.delete_cf(self.cf(CF_HISTORY), history::record_key(prefix, block));
+                    pruned.records += 1;
+                }
+            }
+            batch.delete_cf(cf_sets, key);
+            pruned.blocks += 1;
+        }
+        batch.put_cf(self.cf(CF_META), META_HISTORY_OLDEST, until.to_be_bytes());
+        self.db.write(batch)?;
+        pruned.oldest = until;
+        Ok(pruned)
+    }
+
+    /// A consistent read view of the state right after block `number`: the newest state if it
+    /// is the head, else the flat state rolled back through the history records. A block below
+    /// the oldest kept, or any block but the head on a node without history, is an error that
+    /// names what is kept.
+    pub fn view_at(&self, number: u64) -> Result<HistoricalView<'_>, StoreError> {
+        let snapshot = self.db.snapshot();
+        let head = match snapshot.get_cf(self.cf(CF_META), META_HEAD)? {
+            Some(bytes) => decode_head(&bytes)?,
+            None => return Err(StoreError::Invalid("the store holds no block yet".into())),
+        };
+        if number > head.number {
+            return Err(StoreError::Invalid(format!(
+                "block {number} is above the newest sealed block {}",
+                head.number
+            )));
+        }
+        if number < head.number {
+            let oldest = read_oldest(snapshot.get_cf(self.cf(CF_META), META_HISTORY_OLDEST)?)?;
+            if oldest.is_none_or(|oldest| number < oldest) {
+                return Err(StoreError::HistoryNotKept {
+                    block: number,
+                    oldest,
+                });
+            }
+        }
+        Ok(HistoricalView {
+            view: StoreView {
+                store: self,
+                snapshot,
+            },
+            number,
+            is_head: number == head.number,
+        })
+    }
+
+    /// What the history kept costs on disk, measured the way it settles: memtables flushed
+    /// and the two families compacted (so that pruned records no longer count). For
+    /// benchmarks and operators, on a stopped node's data directory: it rewrites those files.
+    pub fn history_footprint(&self) -> Result<HistoryFootprint, StoreError> {
+        let mut footprint = HistoryFootprint {
+            oldest: self.history_oldest()?,
+            head: self.head()?.map(|h| h.number).unwrap_or_default(),
+            ..HistoryFootprint::default()
+        };
+        for name in [CF_HISTORY, CF_CHANGE_SETS] {
+            let cf = self.cf(name);
+            self.db.flush_cf(cf)?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            let bytes = self
+                .db
+                .property_int_value_cf(cf, "rocksdb.total-sst-files-size")?
+                .unwrap_or_default();
+            if name == CF_HISTORY {
+                footprint.history_bytes = bytes;
+            } else {
+                footprint.change_set_bytes = bytes;
+            }
+        }
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_CHANGE_SETS), IteratorMode::Start)
+        {
+            let (_, set) = item?;
+            footprint.blocks += 1;
+            footprint.records += history::decode_change_set(&set)?.len() as u64;
+        }
+        Ok(footprint)
     }
 
     /// Replication metadata (the consensus anchor, blocks voted for but not yet finalized),
@@ -541,6 +810,76 @@ impl StateReader for StoreView<'_> {
     }
 }
 
+/// The state right after one block (see [`Store::view_at`]).
+pub struct HistoricalView<'a> {
+    view: StoreView<'a>,
+    number: u64,
+    is_head: bool,
+}
+
+impl HistoricalView<'_> {
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    pub fn header(&self) -> Result<Option<Header>, StoreError> {
+        self.view.header(self.number)
+    }
+
+    /// The value before the first change above this block, if any: `Some(None)` if that record
+    /// says "absent", `None` if the key has not changed since (the flat state holds it).
+    fn rolled_back(&self, prefix: &[u8]) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        if self.is_head {
+            return Ok(None);
+        }
+        let from = history::record_key(prefix, self.number + 1);
+        let mut iter = self.view.snapshot.iterator_cf(
+            self.view.store.cf(CF_HISTORY),
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        match iter.next().transpose()? {
+            Some((k, v)) if history::is_record_of(&k, prefix) => {
+                Ok(Some((!v.is_empty()).then(|| v.to_vec())))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+impl StateReader for HistoricalView<'_> {
+    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StateError> {
+        match self.rolled_back(&history::account_prefix(&address))? {
+            Some(Some(bytes)) => Ok(Some(codec::decode_account(&bytes)?)),
+            Some(None) => Ok(None),
+            None => self.view.account(address),
+        }
+    }
+
+    fn storage(&self, address: Address, slot: U256) -> Result<U256, StateError> {
+        match self.rolled_back(&history::storage_prefix(&address, &slot))? {
+            Some(Some(bytes)) if bytes.len() == 32 => Ok(U256::from_be_slice(&bytes)),
+            Some(Some(_)) => Err(StoreError::Corrupt("storage history record".into()).into()),
+            Some(None) => Ok(U256::ZERO),
+            None => self.view.storage(address, slot),
+        }
+    }
+
+    fn code(&self, code_hash: B256) -> Result<Option<Bytecode>, StateError> {
+        // Code is stored by hash and never deleted: every block's code is there.
+        self.view.code(code_hash)
+    }
+
+    fn block_hash(&self, number: u64) -> Result<B256, StateError> {
+        self.view.block_hash(number)
+    }
+}
+
+fn read_oldest(bytes: Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
+    bytes
+        .map(|b| codec::Reader::new(&b, "history oldest").u64())
+        .transpose()
+}
+
 /// number (8) | hash (32) | last mini-block (8).
 fn encode_head(head: &Head) -> [u8; 48] {
     let mut out = [0u8; 48];
@@ -617,4 +956,209 @@ fn sync_write() -> WriteOptions {
     let mut options = WriteOptions::default();
     options.set_sync(true);
     options
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use alloy_consensus::Header;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{state_root::apply_diff, test_diffs::diff_of};
+
+    /// Every account and slot of the flat state: what a read at the time sees.
+    type Snapshot = BTreeMap<Address, (AccountInfo, BTreeMap<U256, U256>)>;
+
+    fn snapshot(store: &Store) -> Snapshot {
+        let view = store.view();
+        let mut out = Snapshot::new();
+        view.for_each_account(|address, info| {
+            out.insert(address, (info, BTreeMap::new()));
+            Ok(())
+        })
+        .unwrap();
+        for (address, (_, slots)) in out.iter_mut() {
+            view.for_each_slot(*address, |k, v| {
+                slots.insert(k, v);
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    fn commit(store: &Store, number: u64, root: B256, diff: &StateDiff) -> B256 {
+        let (new_root, trie) = apply_diff(&store.view(), root, diff).unwrap();
+        let header = Header {
+            number,
+            state_root: new_root,
+            ..Default::default()
+        };
+        store
+            .commit_block(&BlockCommit {
+                header: &header,
+                hash: header.hash_slow(),
+                transactions: &[],
+                receipts: &[],
+                mini_blocks: &[],
+                last_mini_block: 0,
+                diff,
+                trie: &trie,
+                settlement: &[],
+            })
+            .unwrap();
+        new_root
+    }
+
+    /// Reads every account and slot the test can touch at `view` and compares with `expected`.
+    fn assert_reads(view: &HistoricalView<'_>, expected: &Snapshot) -> Result<(), TestCaseError> {
+        for byte in 1..=12u8 {
+            let address = Address::repeat_byte(byte);
+            let want = expected.get(&address);
+            let got = view.account(address).unwrap();
+            prop_assert_eq!(
+                got.map(|a| (a.balance, a.nonce)),
+                want.map(|(a, _)| (a.balance, a.nonce)),
+                "account {} at block {}",
+                byte,
+                view.number()
+            );
+            for slot in 0..16u64 {
+                let slot = U256::from(slot);
+                let want = want
+                    .and_then(|(_, s)| s.get(&slot).copied())
+                    .unwrap_or_default();
+                prop_assert_eq!(
+                    view.storage(address, slot).unwrap(),
+                    want,
+                    "slot {} of account {} at block {}",
+                    slot,
+                    byte,
+                    view.number()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Reads at every kept block equal what was read at the time; pruning drops exactly
+        /// the blocks below the window, with an error naming the oldest block kept.
+        #[test]
+        fn history_reads_equal_reads_at_the_time(
+            blocks in prop::collection::vec(
+                prop::collection::vec((any::<u8>(), prop::bool::weighted(0.1), prop::bool::weighted(0.1), any::<u64>(),
+                    prop::collection::vec((any::<u8>(), any::<u8>()), 0..6)), 0..8),
+                2..10),
+            window in 0u64..6,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = Store::open(dir.path()).unwrap();
+            store.configure_history(HistoryMode::Window(window)).unwrap();
+            let mut root = alloy_trie::EMPTY_ROOT_HASH;
+            let mut seen = Vec::new();
+            for (number, changes) in blocks.iter().enumerate() {
+                root = commit(&store, number as u64, root, &diff_of(changes));
+                seen.push(snapshot(&store));
+            }
+            let head = seen.len() as u64 - 1;
+            prop_assert_eq!(store.history_oldest().unwrap(), Some(0));
+            for (number, expected) in seen.iter().enumerate() {
+                assert_reads(&store.view_at(number as u64).unwrap(), expected)?;
+            }
+            // One block per call, as the sealer does, until the window is reached.
+            let oldest = head.saturating_sub(window);
+            while store.prune_history(1).unwrap().blocks > 0 {}
+            prop_assert_eq!(store.history_oldest().unwrap(), Some(oldest));
+            for (number, expected) in seen.iter().enumerate() {
+                let number = number as u64;
+                match store.view_at(number) {
+                    Ok(view) => {
+                        prop_assert!(number >= oldest);
+                        assert_reads(&view, expected)?;
+                    }
+                    Err(StoreError::HistoryNotKept { block, oldest: Some(o) }) => {
+                        prop_assert!(number < oldest);
+                        prop_assert_eq!((block, o), (number, oldest));
+                    }
+                    Err(other) => prop_assert!(false, "{}", other),
+                }
+            }
+            // Every pruned block's records are gone, not only unreachable.
+            let left = store.db.iterator_cf(store.cf(CF_HISTORY), IteratorMode::Start)
+                .filter(|item| {
+                    let (k, _) = item.as_ref().unwrap();
+                    u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap()) <= oldest
+                })
+                .count();
+            prop_assert_eq!(left, 0);
+        }
+    }
+
+    #[test]
+    fn without_history_only_the_head_is_readable_and_enabling_starts_at_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut root = alloy_trie::EMPTY_ROOT_HASH;
+        for number in 0..3u64 {
+            root = commit(
+                &store,
+                number,
+                root,
+                &diff_of(&[(1, false, false, number, vec![])]),
+            );
+        }
+        assert!(store.view_at(2).is_ok());
+        let err = store.view_at(1).err().unwrap();
+        assert!(matches!(
+            err,
+            StoreError::HistoryNotKept {
+                block: 1,
+                oldest: None
+            }
+        ));
+        assert!(
+            err.to_string().contains("keeps only the newest state"),
+            "{err}"
+        );
+
+        store.configure_history(HistoryMode::Archive).unwrap();
+        assert_eq!(store.history_oldest().unwrap(), Some(2));
+        commit(
+            &store,
+            3,
+            root,
+            &diff_of(&[(1, false, false, 99, vec![(3, 1)])]),
+        );
+        let balance_at_two = store
+            .view_at(2)
+            .unwrap()
+            .account(Address::repeat_byte(2))
+            .unwrap()
+            .unwrap()
+            .balance;
+        assert_eq!(balance_at_two, U256::from(2));
+        let err = store.view_at(1).err().unwrap();
+        assert!(
+            err.to_string()
+                .contains("oldest block this node keeps is 2"),
+            "{err}"
+        );
+        // Archive never prunes.
+        assert_eq!(store.prune_history(10).unwrap().blocks, 0);
+
+        // Turning history off deletes it.
+        store.configure_history(HistoryMode::Off).unwrap();
+        assert_eq!(store.history_oldest().unwrap(), None);
+        assert!(store.view_at(2).is_err());
+        assert_eq!(
+            store
+                .db
+                .iterator_cf(store.cf(CF_HISTORY), IteratorMode::Start)
+                .count(),
+            0
+        );
+    }
 }

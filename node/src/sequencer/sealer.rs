@@ -202,6 +202,22 @@ impl Sealer {
         self.chain.sealed.send_replace(ctx.number);
         self.chain.notify_sealed();
         let _ = self.chain.events.send(ChainEvent::Block(block));
+        // After publication, off the answer's path: a few blocks of history per seal keep
+        // pace with sealing and bound the deletes of one write.
+        match self.chain.store.prune_history(PRUNE_BLOCKS_PER_SEAL) {
+            Ok(pruned) if pruned.blocks > 0 => tracing::debug!(
+                blocks = pruned.blocks,
+                records = pruned.records,
+                oldest = pruned.oldest,
+                "history pruned"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning history failed; will retry next seal"),
+        }
         Ok(())
     }
 }
+
+/// History pruned per seal at most: one block is sealed per seal, so a window that shrank is
+/// caught up at three blocks per seal.
+const PRUNE_BLOCKS_PER_SEAL: u64 = 4;

@@ -336,7 +336,10 @@ impl TestBackend {
     fn state_marker(at: StateAt) -> Result<U256, BackendError> {
         match at {
             StateAt::Latest => Ok(U256::from(LATEST_MARKER)),
-            StateAt::Block(0) => Err(BackendError::HistoricalStateUnavailable(0)),
+            StateAt::Block(0) => Err(BackendError::HistoricalStateUnavailable(
+                "historical state for block 0 is not kept: the oldest block this node keeps is 1"
+                    .into(),
+            )),
             StateAt::Block(n) => Ok(U256::from(n)),
         }
     }
