@@ -193,8 +193,10 @@ struct DevnetArgs {
     /// JSON-RPC address (HTTP and WebSocket).
     #[arg(long, default_value = "127.0.0.1:8545")]
     rpc_addr: SocketAddr,
-    #[arg(long, default_value_t = 31337)]
-    chain_id: u64,
+    /// Chain id of the built-in dev genesis (default 31337); with --genesis, the file names it
+    /// and this must agree or be left out.
+    #[arg(long)]
+    chain_id: Option<u64>,
     /// An EVM block is sealed this many milliseconds after its first mini-block.
     #[arg(long, default_value_t = 100)]
     block_interval_ms: u64,
@@ -243,6 +245,10 @@ struct DevnetArgs {
     withdrawal_delay_secs: u64,
     #[command(flatten)]
     history: HistoryArgs,
+    /// Web origins whose pages may use the RPC (CORS, WebSocket origin check): `local` (pages
+    /// on this machine), `*`, or exact origins such as https://app.example.org.
+    #[arg(long, value_delimiter = ',', default_value = "local")]
+    rpc_allowed_origins: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -379,6 +385,7 @@ impl From<DevnetArgs> for devnet::DevnetOptions {
             validators: a.validators,
             followers: a.followers,
             netns: a.netns,
+            allowed_origins: a.rpc_allowed_origins,
             history: {
                 let mut storage = rtchain_node::config::StorageSection::default();
                 a.history.apply(&mut storage);

@@ -56,9 +56,10 @@ fn ethers_client_works_against_devnet() {
 
 /// `cast send` with its default settings (it waits for the receipt and prints it): an ETH
 /// transfer, a Token deployment (`--create`) and a token transfer, then `cast balance` and
-/// `cast call` show their effect.
+/// `cast call` (also `--block` at an older block) show their effect; `cast run` traces a
+/// reverted transaction.
 #[test]
-fn cast_send_works_against_devnet() {
+fn cast_send_call_and_run_work_against_devnet() {
     let cast_bin = node_bin("cast");
     if !tools_present(
         "cast",
@@ -115,25 +116,75 @@ fn cast_send_works_against_devnet() {
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or_else(|| panic!("no contractAddress in\n{receipt}"));
 
+    let before_transfer = cast(&["block-number", "--rpc-url", &url]).trim().to_owned();
     send(&[&token.to_string(), "transfer(address,uint256)", to, "5"]);
-    let balance_of = |holder: &str| -> String {
+    let balance_at = |holder: &str, block: &str| -> String {
         let out = cast(&[
             "call",
             "--rpc-url",
             &url,
+            "--block",
+            block,
             &token.to_string(),
             "balanceOf(address)(uint256)",
             holder,
         ]);
         out.split_whitespace().next().unwrap_or_default().to_owned()
     };
+    let balance_of = |holder: &str| balance_at(holder, "latest");
     assert_eq!(balance_of(to), "5", "recipient's token balance");
+    // The state history: at the block before the transfer, the recipient had none.
+    assert_eq!(
+        balance_at(to, &before_transfer),
+        "0",
+        "balance at block {before_transfer}"
+    );
     assert_eq!(
         balance_of("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
         "995",
         "sender's token balance"
     );
     println!("cast send: 1 ether, Token deployed at {token}, 5 tokens sent; balances match");
+
+    // `cast run` replays a reverted transaction on its block's parent state (read from the
+    // history) and prints its trace with the revert reason.
+    let reverter = repo_root().join("contracts/out/Reverter.json");
+    let reverter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reverter).expect("Reverter.json"))
+            .expect("Reverter.json parses");
+    let receipt = send(&["--create", reverter["bytecode"].as_str().expect("bytecode")]);
+    let reverter: Address = receipt
+        .lines()
+        .find_map(|l| l.strip_prefix("contractAddress"))
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no contractAddress in\n{receipt}"));
+    let failed = cast(&[
+        "send",
+        "--rpc-url",
+        &url,
+        "--private-key",
+        DEV_KEY_0,
+        "--gas-limit",
+        "100000",
+        "--json",
+        &reverter.to_string(),
+        "alwaysRevert()",
+    ]);
+    let failed: serde_json::Value = serde_json::from_str(failed.trim()).expect("cast send --json");
+    assert_eq!(failed["status"], "0x0", "the transaction reverts: {failed}");
+    let hash = failed["transactionHash"]
+        .as_str()
+        .expect("transaction hash");
+    let run = run_captured(
+        "cast run",
+        Command::new(&cast_bin).args(["run", "--rpc-url", &url, hash]),
+    );
+    assert!(
+        run.stdout.contains("[Revert] Reverter: always reverts"),
+        "cast run {hash}: no trace with the revert reason\n{}",
+        run.report
+    );
+    println!("cast run: the reverted transaction's trace shows its reason");
 }
 
 #[test]

@@ -198,6 +198,19 @@ async fn four_validators_finalize_through_a_leader_crash_a_pause_and_a_full_rest
             .expect("receipt");
         receipts.push(r);
     }
+    // Every node hears the four others: validators vote, the follower asks to sync, and
+    // validators answer it.
+    for (i, rpc) in rpcs.iter().enumerate() {
+        wait_for(
+            &format!("node {i} to count 4 peers"),
+            Duration::from_secs(15),
+            || async {
+                let peers = rpc.ok("net_peerCount", serde_json::json!([])).await;
+                (common::quantity_u64(&peers) == 4).then_some(())
+            },
+        )
+        .await;
+    }
 
     // kill -9 validator 0: the others keep finalizing (its views time out and are nullified).
     let before = finalized_height(&rpcs[1]).await;

@@ -421,7 +421,27 @@ fn plan() -> (Planner, Address, Address, Address) {
         false,
         0,
     );
+    // A salted deployment through the CREATE2 deployer both chains preinstall.
+    let mut salted = CREATE2_SALT.to_vec();
+    salted.extend(log_emitter_initcode());
+    p.call(
+        "deploy the log emitter through the CREATE2 deployer",
+        1,
+        TxKind::Call(CREATE2_DEPLOYER),
+        U256::ZERO,
+        salted,
+        200_000,
+        true,
+        0,
+    );
     (p, token, emitter, reverter)
+}
+
+const CREATE2_DEPLOYER: Address = address!("4e59b44847b379578588920cA78FbF26c0B4956C");
+const CREATE2_SALT: [u8; 32] = [0x5a; 32];
+
+fn create2_emitter() -> Address {
+    CREATE2_DEPLOYER.create2(CREATE2_SALT, keccak256(log_emitter_initcode()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,6 +454,8 @@ async fn same_transactions_same_results_as_anvil() {
         "--base-fee",
         &GWEI.to_string(),
         "--quiet",
+        // Without it anvil answers the struct logger with no steps.
+        "--steps-tracing",
     ]);
     let node = Devnet::start(&[]);
     let chains = [
@@ -560,6 +582,8 @@ async fn same_transactions_same_results_as_anvil() {
         FRESH_A,
         FRESH_B,
         senders[3].create(planner.nonces[3] - 1),
+        CREATE2_DEPLOYER,
+        create2_emitter(),
     ] {
         let (a, r) = (
             chains[0].1.code(address).await,
@@ -572,6 +596,12 @@ async fn same_transactions_same_results_as_anvil() {
                 r.len()
             ));
         }
+    }
+    for address in [CREATE2_DEPLOYER, create2_emitter()] {
+        assert!(
+            !chains[1].1.code(address).await.is_empty(),
+            "rtchain has no code at {address}"
+        );
     }
 
     // ETH: receivers exactly; senders by what left them other than fees.
@@ -678,11 +708,205 @@ async fn same_transactions_same_results_as_anvil() {
         }
     }
 
+    // Traces: the same transaction on the same state traces the same on both, with geth's
+    // tracers as anvil implements them.
+    let mut stepped = 0;
+    for (i, step) in planner.steps.iter().enumerate() {
+        for (tracer, options) in trace_options() {
+            let mut answers = Vec::new();
+            for (chain, rpc) in &chains {
+                match rpc
+                    .call(
+                        "debug_traceTransaction",
+                        serde_json::json!([step.tx.hash, options]),
+                    )
+                    .await
+                {
+                    Ok(trace) => answers.push(comparable_trace(tracer, trace)),
+                    Err(e) => {
+                        failures.push(format!("step {i} ({}): {chain} {tracer}: {e}", step.name));
+                        answers.push(serde_json::Value::Null);
+                    }
+                }
+            }
+            if tracer == "structLogger"
+                && answers[1]["structLogs"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty())
+            {
+                stepped += 1;
+            }
+            if answers[0] != answers[1] {
+                failures.push(format!(
+                    "step {i} ({}): {tracer} differs:\n  anvil   {}\n  rtchain {}",
+                    step.name,
+                    first_difference(&answers[0], &answers[1]).0,
+                    first_difference(&answers[0], &answers[1]).1,
+                ));
+            }
+        }
+    }
+    // Most steps run code: the comparison is not of empty traces.
+    assert!(stepped > 10, "only {stepped} steps have opcode traces");
+
+    // debug_traceCall: a call that reverts with a reason, on both, at the newest state.
+    let data = Bytes::copy_from_slice(&keccak256("alwaysRevert()")[..4]);
+    let call =
+        serde_json::json!({"from": senders[0], "to": reverter, "data": data, "gas": "0x30000"});
+    let mut answers = Vec::new();
+    for (chain, rpc) in &chains {
+        let options = serde_json::json!({"tracer": "callTracer"});
+        match rpc
+            .call(
+                "debug_traceCall",
+                serde_json::json!([call, "latest", options]),
+            )
+            .await
+        {
+            Ok(trace) => answers.push(comparable_trace("callTracer", trace)),
+            Err(e) => panic!("{chain} debug_traceCall: {e}"),
+        }
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "debug_traceCall differs (anvil, rtchain)"
+    );
+    assert!(
+        answers[1]["error"].is_string(),
+        "the call reverts: {}",
+        answers[1]
+    );
+
+    // debug_traceBlockByNumber answers each transaction of the block as debug_traceTransaction.
+    let last = planner.steps.last().expect("a plan");
+    let sealed = chains[1]
+        .1
+        .wait_receipt(last.tx.hash, std::time::Duration::from_secs(10))
+        .await;
+    let number = format!("{:#x}", sealed.block_number.expect("sealed"));
+    let options = serde_json::json!({"tracer": "callTracer"});
+    let block = chains[1]
+        .1
+        .ok(
+            "debug_traceBlockByNumber",
+            serde_json::json!([number, options]),
+        )
+        .await;
+    let entry = block
+        .as_array()
+        .and_then(|traces| {
+            traces
+                .iter()
+                .find(|t| t["txHash"] == serde_json::json!(last.tx.hash))
+        })
+        .unwrap_or_else(|| panic!("block {number} traces lack {}: {block}", last.tx.hash));
+    let single = chains[1]
+        .1
+        .ok(
+            "debug_traceTransaction",
+            serde_json::json!([last.tx.hash, options]),
+        )
+        .await;
+    assert_eq!(entry["result"], single);
+
     assert!(
         failures.is_empty(),
         "rtchain and anvil disagree:\n{}",
         failures.join("\n")
     );
+}
+
+/// The tracers compared with anvil, and their options as a client sends them.
+fn trace_options() -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        (
+            "structLogger",
+            serde_json::json!({"enableMemory": true, "enableReturnData": true}),
+        ),
+        (
+            "callTracer",
+            serde_json::json!({"tracer": "callTracer", "tracerConfig": {"withLog": true}}),
+        ),
+        (
+            "prestateTracer",
+            serde_json::json!({"tracer": "prestateTracer"}),
+        ),
+        (
+            "prestateTracer diffMode",
+            serde_json::json!({"tracer": "prestateTracer", "tracerConfig": {"diffMode": true}}),
+        ),
+    ]
+}
+
+/// A trace without what differs by design: balances (the chains' base fees differ, so every
+/// sender and coinbase balance does), the fee recipient (anvil's coinbase is not rtchain's),
+/// and the callTracer's top-level `gas`, which geth sets to the transaction's gas limit (as
+/// rtchain does) and anvil 1.7.1 to the gas left after the intrinsic cost.
+fn comparable_trace(tracer: &str, mut trace: serde_json::Value) -> serde_json::Value {
+    if tracer == "callTracer"
+        && let Some(frame) = trace.as_object_mut()
+    {
+        frame.remove("gas");
+    }
+    if tracer.starts_with("prestateTracer") {
+        let strip = |accounts: &mut serde_json::Value| {
+            if let Some(map) = accounts.as_object_mut() {
+                map.retain(|address, _| address != "0x0000000000000000000000000000000000000000");
+                for account in map.values_mut() {
+                    if let Some(a) = account.as_object_mut() {
+                        a.remove("balance");
+                    }
+                }
+                // An account left with nothing to compare says only "touched".
+                map.retain(|_, account| account.as_object().is_none_or(|a| !a.is_empty()));
+            }
+        };
+        if trace.get("pre").is_some() {
+            strip(&mut trace["pre"]);
+            strip(&mut trace["post"]);
+        } else {
+            strip(&mut trace);
+        }
+    }
+    trace
+}
+
+/// The first place two JSON values differ, shown from each side.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value) -> (String, String) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for key in x.keys().chain(y.keys()) {
+                let (u, v) = (x.get(key), y.get(key));
+                if u != v {
+                    return match (u, v) {
+                        (Some(u), Some(v)) => {
+                            let (p, q) = first_difference(u, v);
+                            (format!("{key}: {p}"), format!("{key}: {q}"))
+                        }
+                        _ => (
+                            format!("{key}: {}", u.map_or("absent".into(), |u| u.to_string())),
+                            format!("{key}: {}", v.map_or("absent".into(), |v| v.to_string())),
+                        ),
+                    };
+                }
+            }
+            (String::new(), String::new())
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                if u != v {
+                    let (p, q) = first_difference(u, v);
+                    return (format!("[{i}] {p}"), format!("[{i}] {q}"));
+                }
+            }
+            (String::new(), String::new())
+        }
+        _ => (
+            a.to_string().chars().take(400).collect(),
+            b.to_string().chars().take(400).collect(),
+        ),
+    }
 }
 
 /// ABI encoding of two words, as Solidity's mapping slots hash them.

@@ -123,9 +123,9 @@ async fn genesis_file_defines_the_chain_and_pins_the_data_dir() {
     // accounts, so a SIGTERM this early can kill it by the default action (reported).
     drop(node);
 
-    // The same genesis restarts on the data directory and keeps the chain; --chain-id only
-    // applies to the built-in genesis, so a different one changes nothing.
-    let node = Devnet::start_in(&data, &["--genesis", file, "--chain-id", "999"]);
+    // The same genesis restarts on the data directory and keeps the chain; the file names the
+    // chain id, so --chain-id may be left out (one that disagrees is refused, below).
+    let node = Devnet::start_in(&data, &["--genesis", file]);
     let rpc = Rpc::new(&node.url());
     assert_eq!(
         quantity_u64(&rpc.ok("eth_chainId", json!([])).await),
@@ -144,7 +144,7 @@ async fn genesis_file_defines_the_chain_and_pins_the_data_dir() {
         "other.json",
         &genesis(U256::from(1u64)).to_string(),
     );
-    let stderr = devnet_refuses(&data, &other);
+    let stderr = devnet_refuses(&data, &other, &[]);
     assert!(
         stderr.contains("data directory") && stderr.contains("another chain"),
         "the error should name the data directory and another chain:\n{stderr}"
@@ -159,7 +159,7 @@ fn invalid_json_genesis_is_refused() {
         "genesis.json",
         "{ \"config\": { \"chainId\": 4242 }, ",
     );
-    let stderr = devnet_refuses(&temp.path().join("data"), &file);
+    let stderr = devnet_refuses(&temp.path().join("data"), &file, &[]);
     assert!(
         stderr.contains("invalid JSON") && stderr.contains(&file.display().to_string()),
         "the error should say the file is not JSON and name it:\n{stderr}"
@@ -175,16 +175,33 @@ fn genesis_without_chain_id_is_refused() {
         .expect("config")
         .remove("chainId");
     let file = write(temp.path(), "genesis.json", &without.to_string());
-    let stderr = devnet_refuses(&temp.path().join("data"), &file);
+    let stderr = devnet_refuses(&temp.path().join("data"), &file, &[]);
     assert!(
         stderr.contains("chainId"),
         "the error should name config.chainId:\n{stderr}"
     );
 }
 
+#[test]
+fn a_chain_id_that_disagrees_with_the_genesis_file_is_refused() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let file = write(
+        temp.path(),
+        "genesis.json",
+        &genesis(eoa_balance()).to_string(),
+    );
+    let other = (CHAIN_ID + 1).to_string();
+    let stderr = devnet_refuses(&temp.path().join("data"), &file, &["--chain-id", &other]);
+    assert!(
+        stderr.contains(&format!("chain id {other} was asked for"))
+            && stderr.contains(&format!("is chain {CHAIN_ID}")),
+        "the error should name both chain ids:\n{stderr}"
+    );
+}
+
 /// Runs `rtchain devnet --genesis FILE` on `data_dir`, which must exit non-zero within 30 s
 /// without a panic; returns its stderr. A node that starts instead is killed and fails the test.
-fn devnet_refuses(data_dir: &Path, file: &Path) -> String {
+fn devnet_refuses(data_dir: &Path, file: &Path, extra: &[&str]) -> String {
     let child = Command::new(env!("CARGO_BIN_EXE_rtchain"))
         .arg("devnet")
         .arg("--no-l1")
@@ -194,6 +211,7 @@ fn devnet_refuses(data_dir: &Path, file: &Path) -> String {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--genesis")
         .arg(file)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

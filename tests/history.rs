@@ -253,4 +253,90 @@ async fn reads_below_the_window_name_the_oldest_block_kept() {
             .await
             .is_err()
     );
+    // Tracing a block needs its parent's state: within the window it traces, below it the
+    // error names the oldest block kept.
+    let traced = rpc
+        .ok(
+            "debug_traceBlockByNumber",
+            json!([number_tag(head), {"tracer": "callTracer"}]),
+        )
+        .await;
+    assert!(traced.is_array(), "{traced}");
+    match rpc
+        .call("debug_traceBlockByNumber", json!([number_tag(1)]))
+        .await
+    {
+        Err(RpcFailure::Error {
+            code: -32000,
+            message,
+            ..
+        }) => {
+            assert!(
+                message.contains("the oldest block this node keeps is"),
+                "{message}"
+            );
+        }
+        other => panic!("tracing block 1 below the window: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_requests_that_cannot_be_answered_get_geths_errors() {
+    let node = Devnet::start(&[]);
+    let rpc = Rpc::new(&node.url());
+    let alice = dev_signer(0);
+    let pay = sign(
+        &alice,
+        eip1559(
+            0,
+            TxKind::Call(dev_signer(1).address()),
+            U256::from(1),
+            Bytes::new(),
+            21_000,
+        ),
+    );
+    rpc.send_raw(&pay).await.unwrap();
+    rpc.wait_receipt(pay.hash, RECEIPT_TIMEOUT).await;
+    let expect = |answer: Result<Value, RpcFailure>, want_code: i64, want: &str| match answer {
+        Err(RpcFailure::Error { code, message, .. }) => {
+            assert_eq!(code, want_code, "{message}");
+            assert!(message.contains(want), "{message:?} lacks {want:?}");
+        }
+        other => panic!("expected error {want_code} {want:?}, got {other:?}"),
+    };
+    expect(
+        rpc.call("debug_traceTransaction", json!([B256::repeat_byte(9)]))
+            .await,
+        -32000,
+        "transaction not found",
+    );
+    expect(
+        rpc.call(
+            "debug_traceTransaction",
+            json!([pay.hash, {"tracer": "noSuchTracer"}]),
+        )
+        .await,
+        -32602,
+        "tracer \"noSuchTracer\" is not supported",
+    );
+    expect(
+        rpc.call("debug_traceBlockByNumber", json!(["0xffffff"]))
+            .await,
+        -32000,
+        "block #16777215 not found",
+    );
+    // A plain transfer runs no code: the struct logger answers no steps, the call tracer one
+    // frame.
+    let steps = rpc.ok("debug_traceTransaction", json!([pay.hash])).await;
+    assert_eq!(steps["failed"], false);
+    assert_eq!(steps["gas"], 21_000);
+    assert_eq!(steps["structLogs"], json!([]));
+    let call = rpc
+        .ok(
+            "debug_traceTransaction",
+            json!([pay.hash, {"tracer": "callTracer"}]),
+        )
+        .await;
+    assert_eq!(call["type"], "CALL");
+    assert_eq!(call["value"], "0x1");
 }

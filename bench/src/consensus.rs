@@ -98,7 +98,7 @@ pub async fn run_consensus_bench(args: ConsensusBenchArgs) -> Result<(), BenchEr
         dir,
         validators: args.validators,
         followers: 0,
-        chain_id: 31337,
+        chain_id: None,
         genesis: None,
         block_interval_ms: 100,
         sync,

@@ -23,6 +23,10 @@ use crate::{
     types::{RecoveredTx, TxReceipt},
 };
 
+/// The blob base fee of every block: the chain carries no blobs (admission refuses type 3), so
+/// excess blob gas stays zero and the fee stays at EIP-4844's minimum.
+pub const BLOB_BASE_FEE_WEI: u128 = 1;
+
 /// The block-level environment every transaction of an EVM block sees. Fixed when the block
 /// opens, so that all its mini-blocks execute under the header the block is sealed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,7 +51,10 @@ impl BlockContext {
             difficulty: U256::ZERO,
             prevrandao: Some(self.prevrandao),
             // No blobs on this chain: excess blob gas stays zero, so the blob base fee is 1 wei.
-            blob_excess_gas_and_price: Some(BlobExcessGasAndPrice::new(0, 1)),
+            blob_excess_gas_and_price: Some(BlobExcessGasAndPrice {
+                excess_blob_gas: 0,
+                blob_gasprice: BLOB_BASE_FEE_WEI,
+            }),
             ..Default::default()
         }
     }
@@ -102,7 +109,9 @@ pub fn execute_batch<R: StateReader>(
             continue;
         }
         if tx.is_deposit() {
-            let receipt = execute_deposit(&mut evm, &tx, &mut ledger)?;
+            let receipt = execute_deposit(&mut evm, &tx, &mut ledger, |evm, env| {
+                evm.transact_commit(env)
+            })?;
             outcomes.push(TxOutcome::Included { tx, receipt });
             continue;
         }
@@ -225,11 +234,16 @@ impl RecoveredTx {
 ///   logs, the state it leaves is the mint and the nonce bump, and it uses its whole gas limit.
 ///   A revert reports the gas it used, as any transaction does.
 ///
-/// Its receipt records the nonce before it (OP's `depositNonce`).
-pub(crate) fn execute_deposit<R: StateReader>(
-    evm: &mut MainnetEvm<MainnetContext<Overlay<R>>>,
+/// Its receipt records the nonce before it (OP's `depositNonce`). `run` executes and commits
+/// the call (the tracer runs it under its inspector).
+pub(crate) fn execute_deposit<R: StateReader, I>(
+    evm: &mut MainnetEvm<MainnetContext<Overlay<R>>, I>,
     tx: &RecoveredTx,
     ledger: &mut BlockLedger<'_>,
+    run: impl FnOnce(
+        &mut MainnetEvm<MainnetContext<Overlay<R>>, I>,
+        TxEnv,
+    ) -> Result<ExecutionResult, EVMError<StateError>>,
 ) -> Result<TxReceipt, StateError> {
     let OpTxEnvelope::Deposit(deposit) = &tx.envelope else {
         return Err(StateError(format!("{} is not a deposit", tx.hash)));
@@ -252,7 +266,7 @@ pub(crate) fn execute_deposit<R: StateReader>(
     let result = if deposit.is_system_transaction {
         None
     } else {
-        match evm.transact_commit(env) {
+        match run(evm, env) {
             Ok(result) => Some(result),
             Err(EVMError::Transaction(_)) => None,
             Err(EVMError::Database(e)) => {
@@ -363,7 +377,18 @@ pub fn simulate<R: StateReader>(
     use revm::ExecuteEvm as _;
     match evm.transact(tx) {
         Ok(out) => Ok(Ok(out.result)),
-        Err(EVMError::Transaction(invalid)) => Ok(Err(match invalid {
+        Err(e) => map_simulation_error(e, caller).map(Err),
+    }
+}
+
+/// A simulated call's failure: a refused transaction as geth words it (`Ok`), or a failure of
+/// the state backend (`Err`).
+pub(crate) fn map_simulation_error(
+    error: EVMError<StateError>,
+    caller: Address,
+) -> Result<TxError, StateError> {
+    match error {
+        EVMError::Transaction(invalid) => Ok(match invalid {
             InvalidTransaction::LackOfFundForMaxFee { fee, balance } => {
                 TxError::InsufficientFunds {
                     address: caller,
@@ -384,9 +409,9 @@ pub fn simulate<R: StateReader>(
             },
             InvalidTransaction::CallerGasLimitMoreThanBlock => TxError::GasLimitExceeded,
             other => TxError::Other(other.to_string()),
-        })),
-        Err(EVMError::Database(e)) => Err(e),
-        Err(other) => Err(StateError(format!("executor: {other}"))),
+        }),
+        EVMError::Database(e) => Err(e),
+        other => Err(StateError(format!("executor: {other}"))),
     }
 }
 
@@ -436,13 +461,16 @@ pub fn execute_tx_env<R: StateReader>(
 #[cfg(test)]
 mod deposit_tests {
     use alloy_consensus::Sealable;
-    use alloy_primitives::{Address, B256, Bytes, TxKind, U256, address};
-    use op_alloy_consensus::{OpTxEnvelope, TxDeposit};
+    use alloy_primitives::{Address, Bytes, TxKind, U256, address};
+    use op_alloy_consensus::OpTxEnvelope;
 
     use super::*;
-    use crate::{MemoryState, ParallelConfig, ParallelExecutor, types::RecoveredTx};
+    use crate::{
+        MemoryState, ParallelConfig, ParallelExecutor,
+        test_deposits::{self, DEPOSITOR as FROM, block},
+        types::RecoveredTx,
+    };
 
-    const FROM: Address = address!("0x1000000000000000000000000000000000000001");
     const TO: Address = address!("0x2000000000000000000000000000000000000002");
     /// Runtime code that reverts: PUSH0 PUSH0 REVERT.
     const REVERTS: [u8; 3] = [0x5f, 0x5f, 0xfd];
@@ -450,35 +478,7 @@ mod deposit_tests {
     const HALTS: [u8; 1] = [0xfe];
 
     fn deposit(to: TxKind, mint: u128, value: u64, gas: u64, input: &[u8]) -> RecoveredTx {
-        let tx = TxDeposit {
-            source_hash: B256::repeat_byte(0x11),
-            from: FROM,
-            to,
-            mint,
-            value: U256::from(value),
-            gas_limit: gas,
-            is_system_transaction: false,
-            input: Bytes::copy_from_slice(input),
-        };
-        let raw = alloy_eips::eip2718::Encodable2718::encoded_2718(&tx);
-        let envelope = OpTxEnvelope::Deposit(tx.seal_slow());
-        RecoveredTx {
-            hash: envelope.tx_hash(),
-            envelope,
-            sender: FROM,
-            raw: raw.into(),
-        }
-    }
-
-    fn block() -> BlockContext {
-        BlockContext {
-            number: 1,
-            timestamp: 1_700_000_000,
-            beneficiary: address!("0x00000000000000000000000000000000000000c0"),
-            base_fee: 1_000_000_000,
-            gas_limit: 30_000_000,
-            prevrandao: B256::ZERO,
-        }
+        test_deposits::deposit(0x11, to, mint, value, gas, input)
     }
 
     fn state() -> MemoryState {

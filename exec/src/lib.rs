@@ -14,6 +14,9 @@ pub mod memory;
 pub mod parallel;
 pub mod receipt;
 pub mod state;
+#[cfg(test)]
+mod test_deposits;
+pub mod trace;
 pub mod tx;
 pub mod types;
 

@@ -344,13 +344,25 @@ impl StateReader for LiveState<'_> {
 }
 
 /// The chain's genesis: the configured file or the dev genesis, with the L2 predeploys (the
-/// L1-origin record and the message passer) added where the allocation leaves them free.
+/// L1-origin record and the message passer) and the preinstalls (the CREATE2 deployer) added
+/// where the allocation leaves them free.
 pub fn genesis(config: &NodeConfig) -> Result<Genesis, NodeError> {
     let mut genesis = match &config.chain.genesis {
-        Some(path) => Genesis::from_file(path)?,
-        None => Genesis::dev(config.chain.chain_id, config.chain.block_gas_limit),
+        Some(path) => {
+            let genesis = Genesis::from_file(path)?;
+            crate::config::check_chain_id(config.chain.chain_id, genesis.chain_id, path)
+                .map_err(NodeError::Config)?;
+            genesis
+        }
+        None => Genesis::dev(
+            config.chain.chain_id.unwrap_or(crate::config::DEV_CHAIN_ID),
+            config.chain.block_gas_limit,
+        ),
     };
-    for (address, code) in rtchain_l1::contracts::predeploys() {
+    let contracts = rtchain_l1::contracts::predeploys()
+        .into_iter()
+        .chain(rtchain_state::genesis::preinstalls());
+    for (address, code) in contracts {
         if !genesis.alloc.iter().any(|(a, _)| *a == address) {
             genesis.alloc.push((
                 address,

@@ -22,7 +22,8 @@ pub struct ClusterSpec {
     pub validators: usize,
     /// Non-voting full nodes following the validators.
     pub followers: usize,
-    pub chain_id: u64,
+    /// With `genesis`, may be left out (the file names it); if set, must agree with it.
+    pub chain_id: Option<u64>,
     pub genesis: Option<PathBuf>,
     pub block_interval_ms: u64,
     pub sync: ConsensusSync,

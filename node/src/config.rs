@@ -185,6 +185,9 @@ pub struct RpcSection {
     pub max_connections: u32,
     pub max_request_body_bytes: u32,
     pub max_batch_len: u32,
+    /// Web origins whose pages may use the RPC (CORS, WebSocket `Origin`): "local" (pages on
+    /// this machine, the default), "*", or exact origins ("https://app.example.org").
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,14 +195,47 @@ pub struct RpcSection {
 pub struct ChainSection {
     /// A geth-style genesis.json; without it, the built-in dev genesis with `chain_id`.
     pub genesis: Option<PathBuf>,
-    /// Chain id of the built-in dev genesis (ignored when `genesis` is set).
-    pub chain_id: u64,
+    /// Chain id of the built-in dev genesis (default 31337). With `genesis`, the file names the
+    /// chain id: this may be left out, and if set must equal it.
+    pub chain_id: Option<u64>,
     /// Block gas limit of the dev genesis (a genesis file sets its own).
     pub block_gas_limit: u64,
     /// EVM rules by name (e.g. "Prague", "Cancun").
     pub spec: String,
     /// Receives priority fees.
     pub coinbase: alloy_primitives::Address,
+}
+
+/// The dev genesis's chain id when none is configured (anvil's and hardhat's).
+pub const DEV_CHAIN_ID: u64 = 31337;
+
+impl ChainSection {
+    /// The chain's id: the genesis file's, or `chain_id` (default [`DEV_CHAIN_ID`]) for the
+    /// dev genesis. A configured id that disagrees with the file's is an error, not ignored.
+    pub fn resolve_chain_id(&self) -> Result<u64, String> {
+        let Some(path) = &self.genesis else {
+            return Ok(self.chain_id.unwrap_or(DEV_CHAIN_ID));
+        };
+        let file = rtchain_state::Genesis::from_file(path)
+            .map_err(|e| e.to_string())?
+            .chain_id;
+        check_chain_id(self.chain_id, file, path)
+    }
+}
+
+/// `configured` (if set) against the genesis file's chain id.
+pub fn check_chain_id(
+    configured: Option<u64>,
+    file: u64,
+    path: &std::path::Path,
+) -> Result<u64, String> {
+    match configured {
+        Some(id) if id != file => Err(format!(
+            "chain id {id} was asked for, but the genesis file {} is chain {file}: leave out the chain id or make them agree",
+            path.display()
+        )),
+        _ => Ok(file),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,6 +367,7 @@ impl Default for RpcSection {
             max_connections: 512,
             max_request_body_bytes: 5 << 20,
             max_batch_len: 100,
+            allowed_origins: vec!["local".to_owned()],
         }
     }
 }
@@ -339,7 +376,7 @@ impl Default for ChainSection {
     fn default() -> Self {
         Self {
             genesis: None,
-            chain_id: 31337,
+            chain_id: None,
             block_gas_limit: 300_000_000,
             spec: "Prague".into(),
             coinbase: alloy_primitives::Address::ZERO,

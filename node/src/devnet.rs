@@ -176,7 +176,9 @@ pub struct DevnetOptions {
     /// Keep chain data here across runs (default: a fresh directory deleted on exit).
     pub data_dir: Option<PathBuf>,
     pub rpc_addr: SocketAddr,
-    pub chain_id: u64,
+    /// Without `genesis`: the dev genesis's id (default 31337); with it, left out or equal to
+    /// the file's.
+    pub chain_id: Option<u64>,
     pub block_interval_ms: u64,
     pub genesis: Option<PathBuf>,
     /// Skip fdatasync of the mini-block log and votes (benchmarks only).
@@ -189,6 +191,8 @@ pub struct DevnetOptions {
     pub l1: DevnetL1Options,
     /// State history each node keeps.
     pub history: rtchain_state::HistoryMode,
+    /// Web origins allowed to use the RPC from a browser (`rpc.allowed_origins`).
+    pub allowed_origins: Vec<String>,
 }
 
 /// `rtchain devnet`: one validator in this process, or `validators` node processes.
@@ -211,6 +215,7 @@ pub async fn run(options: DevnetOptions) -> Result<(), String> {
         ..NodeConfig::default()
     };
     config.rpc.addr = options.rpc_addr;
+    config.rpc.allowed_origins = options.allowed_origins.clone();
     config.chain.chain_id = options.chain_id;
     config.chain.genesis = options.genesis;
     config.storage.set_history_mode(options.history);
@@ -230,13 +235,8 @@ pub async fn run(options: DevnetOptions) -> Result<(), String> {
     // The single validator's consensus key is never used to vote; the registry still wants
     // one per validator.
     let placeholder = alloy_primitives::keccak256("rtchain devnet validator 0");
-    let l1 = prepare_l1(
-        &options.l1,
-        &config.data_dir,
-        config.chain.chain_id,
-        vec![placeholder],
-    )
-    .await?;
+    let chain_id = config.chain.resolve_chain_id()?;
+    let l1 = prepare_l1(&options.l1, &config.data_dir, chain_id, vec![placeholder]).await?;
     if let Some(l1) = &l1 {
         let dir = config.data_dir.clone();
         cluster::configure_l1(&mut config, &dir, &l1.url, &l1.deployment, 0, 1)?;
@@ -285,7 +285,13 @@ async fn run_cluster(options: DevnetOptions) -> Result<(), String> {
         .take(options.validators)
         .map(|(_, key)| B256::from(key.to_bytes()))
         .collect();
-    let l1 = prepare_l1(&options.l1, &dir, options.chain_id, consensus_keys).await?;
+    let chain_id = crate::config::ChainSection {
+        chain_id: options.chain_id,
+        genesis: options.genesis.clone(),
+        ..Default::default()
+    }
+    .resolve_chain_id()?;
+    let l1 = prepare_l1(&options.l1, &dir, chain_id, consensus_keys).await?;
     if let Some(l1) = &l1 {
         print_l1(l1);
         spec.l1 = Some(ClusterL1 {
@@ -310,7 +316,7 @@ async fn run_cluster(options: DevnetOptions) -> Result<(), String> {
         );
     }
     cluster::print_validators(&cluster.nodes);
-    println!("Chain id: {}", options.chain_id);
+    println!("Chain id: {chain_id}");
     if options.genesis.is_none() {
         print_dev_accounts();
     }

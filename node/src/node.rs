@@ -91,6 +91,7 @@ impl Node {
             max_connections: config.rpc.max_connections,
             max_request_body_bytes: config.rpc.max_request_body_bytes,
             max_batch_len: config.rpc.max_batch_len,
+            allowed_origins: config.rpc.allowed_origins.clone(),
             ..Default::default()
         };
         let rpc = rtchain_rpc::start(rpc_config, backend)

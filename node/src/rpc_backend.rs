@@ -10,7 +10,9 @@ use alloy_rpc_types_eth::{
     AccessList, BlockOverrides, EIP1186AccountProofResponse, EIP1186StorageProof, Filter, Log,
     TransactionRequest, state::StateOverride,
 };
-use rtchain_exec::StateError;
+use alloy_rpc_types_trace::geth::{
+    GethDebugTracingCallOptions, GethDebugTracingOptions, GethTrace, TraceResult,
+};
 use rtchain_exec::{
     BlockContext, SealedBlock, SimulationChecks, StateReader, TxLocation,
     call::{Estimate, create_access_list, estimate_gas},
@@ -21,6 +23,10 @@ use rtchain_exec::{
         primitives::KECCAK_EMPTY,
     },
     state::Overlay,
+};
+use rtchain_exec::{
+    StateError,
+    trace::{TraceError, TxTrace, trace_block, trace_call},
 };
 use rtchain_rpc::backend::{
     Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, ReceiptWait, StateAt,
@@ -122,20 +128,12 @@ impl NodeBackend {
     ) -> Result<BlockContext, BackendError> {
         let mut ctx = match state {
             ReadState::Live(_) => self.chain.pending_block_context(),
-            ReadState::Block(view) => {
-                let header = view
+            ReadState::Block(view) => context_of(
+                &view
                     .header()
                     .map_err(store_err)?
-                    .ok_or(BackendError::BlockNotFound)?;
-                BlockContext {
-                    number: header.number,
-                    timestamp: header.timestamp,
-                    beneficiary: header.beneficiary,
-                    base_fee: header.base_fee_per_gas.unwrap_or_default(),
-                    gas_limit: header.gas_limit,
-                    prevrandao: header.mix_hash,
-                }
-            }
+                    .ok_or(BackendError::BlockNotFound)?,
+            ),
         };
         if let Some(o) = overrides {
             if let Some(n) = o.number {
@@ -242,6 +240,34 @@ impl NodeBackend {
         Ok(overlay)
     }
 
+    /// Re-executes sealed block `number` on its parent's state (from the history kept) and
+    /// traces all its transactions, or the one at `only`.
+    fn trace_sealed(
+        &self,
+        number: u64,
+        only: Option<usize>,
+        options: &GethDebugTracingOptions,
+    ) -> Result<Vec<TxTrace>, BackendError> {
+        let block = self
+            .block_by_number(number)?
+            .ok_or_else(|| BackendError::NotFound(format!("block #{number} not found")))?;
+        if number == 0 {
+            // Genesis has no transactions and no parent.
+            return Ok(Vec::new());
+        }
+        let parent = self.chain.store.view_at(number - 1).map_err(history_err)?;
+        trace_block(
+            &self.chain.exec,
+            &context_of(&block.header),
+            block.hash,
+            &parent,
+            &block.transactions,
+            only,
+            options,
+        )
+        .map_err(trace_err)
+    }
+
     fn location_of(
         &self,
         number: u64,
@@ -258,6 +284,26 @@ impl NodeBackend {
             block_timestamp: block.header.timestamp,
             base_fee: block.header.base_fee_per_gas.unwrap_or_default(),
         }
+    }
+}
+
+/// The context a sealed block's transactions executed in, from its header.
+fn context_of(header: &alloy_consensus::Header) -> BlockContext {
+    BlockContext {
+        number: header.number,
+        timestamp: header.timestamp,
+        beneficiary: header.beneficiary,
+        base_fee: header.base_fee_per_gas.unwrap_or_default(),
+        gas_limit: header.gas_limit,
+        prevrandao: header.mix_hash,
+    }
+}
+
+fn trace_err(e: TraceError) -> BackendError {
+    match e {
+        TraceError::Options(message) => BackendError::InvalidParams(message),
+        TraceError::Invalid(tx) => BackendError::InvalidTransaction(tx.to_string()),
+        TraceError::State(e) => internal(e),
     }
 }
 
@@ -371,6 +417,12 @@ impl Backend for NodeBackend {
 
     fn client_version(&self) -> String {
         self.chain.client_version.clone()
+    }
+
+    fn peer_count(&self) -> u64 {
+        self.consensus
+            .get()
+            .map_or(0, |stats| stats.connected_peers() as u64)
     }
 
     fn node_stats(&self) -> serde_json::Value {
@@ -850,8 +902,77 @@ impl Backend for NodeBackend {
         })
     }
 
+    fn trace_transaction(
+        &self,
+        hash: B256,
+        options: &GethDebugTracingOptions,
+    ) -> Result<GethTrace, BackendError> {
+        let Some(entry) = self.chain.store.tx_index(hash).map_err(store_err)? else {
+            if self.receipt_pending(hash) {
+                return Err(BackendError::NotFound(format!(
+                    "transaction {hash} is not in a sealed block yet: retry after its block seals"
+                )));
+            }
+            return Err(BackendError::NotFound("transaction not found".into()));
+        };
+        let index = entry.index as usize;
+        let traced = self.trace_sealed(entry.block_number, Some(index), options)?;
+        match traced.into_iter().find(|t| t.index == index) {
+            Some(TxTrace { trace, .. }) => trace.map_err(BackendError::Internal),
+            None => Err(BackendError::Internal(format!(
+                "transaction {hash} is indexed at a missing position"
+            ))),
+        }
+    }
+
+    fn trace_block(
+        &self,
+        number: u64,
+        options: &GethDebugTracingOptions,
+    ) -> Result<Vec<TraceResult>, BackendError> {
+        Ok(self
+            .trace_sealed(number, None, options)?
+            .into_iter()
+            .map(|t| match t.trace {
+                Ok(result) => TraceResult::Success {
+                    result,
+                    tx_hash: Some(t.hash),
+                },
+                Err(error) => TraceResult::Error {
+                    error,
+                    tx_hash: Some(t.hash),
+                },
+            })
+            .collect())
+    }
+
+    fn trace_call(
+        &self,
+        request: &TransactionRequest,
+        at: StateAt,
+        options: &GethDebugTracingCallOptions,
+    ) -> Result<GethTrace, BackendError> {
+        let state = self.state(at)?;
+        let ctx = self.block_context(&state, options.block_overrides.as_ref())?;
+        let (env, checks) = self.tx_env(request, &ctx)?;
+        let overlay = self.overlay_with(&state, options.state_overrides.as_ref())?;
+        trace_call(
+            &self.chain.exec,
+            &ctx,
+            &overlay,
+            env,
+            checks,
+            &options.tracing_options,
+        )
+        .map_err(trace_err)
+    }
+
     fn next_base_fee(&self) -> u64 {
         self.chain.pending_block_context().base_fee
+    }
+
+    fn next_blob_base_fee(&self) -> u128 {
+        rtchain_exec::executor::BLOB_BASE_FEE_WEI
     }
 
     fn suggested_priority_fee(&self) -> u128 {

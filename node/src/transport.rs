@@ -213,9 +213,13 @@ impl Framer {
     }
 }
 
-/// Counters of the transport, for logs and `rtchain_nodeStats`.
-#[derive(Default)]
+/// Counters of the transport, for logs and `rtchain_nodeStats`, and when each peer was last
+/// heard from (for `net_peerCount`).
 pub struct TransportStats {
+    started: Instant,
+    /// Per peer index: milliseconds after `started` of its last authenticated message, plus
+    /// one (0: never heard).
+    last_heard_ms: Vec<AtomicU64>,
     pub datagrams_in: AtomicU64,
     pub datagrams_out: AtomicU64,
     pub messages_in: AtomicU64,
@@ -223,6 +227,41 @@ pub struct TransportStats {
     pub dropped_bad_tag: AtomicU64,
     pub dropped_malformed: AtomicU64,
     pub dropped_send_full: AtomicU64,
+}
+
+impl TransportStats {
+    pub fn new(peers: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            last_heard_ms: (0..peers).map(|_| AtomicU64::new(0)).collect(),
+            datagrams_in: AtomicU64::new(0),
+            datagrams_out: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            dropped_bad_tag: AtomicU64::new(0),
+            dropped_malformed: AtomicU64::new(0),
+            dropped_send_full: AtomicU64::new(0),
+        }
+    }
+
+    fn heard(&self, peer: u16) {
+        if let Some(slot) = self.last_heard_ms.get(peer as usize) {
+            let ms = self.started.elapsed().as_millis() as u64 + 1;
+            slot.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Peers an authenticated message came from within `window`: the validators and followers
+    /// this node is in touch with (UDP has no connections to count).
+    pub fn peers_heard_within(&self, window: Duration) -> usize {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let window = window.as_millis() as u64;
+        self.last_heard_ms
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|&at| at != 0 && now.saturating_sub(at) <= window)
+            .count()
+    }
 }
 
 /// The consensus port and its framing, owned and polled by the thread that runs the engine:
@@ -252,6 +291,7 @@ impl Transport {
     ) -> Result<Self, String> {
         let port = rtchain_dataplane::open_port(port_config)
             .map_err(|e| format!("consensus.listen {}: {e}", port_config.listen))?;
+        let peers_len = peers.len();
         Ok(Self {
             local_addr: port.local_addr(),
             port,
@@ -259,7 +299,7 @@ impl Transport {
             peers,
             rx: (0..32).map(|_| Datagram::empty()).collect(),
             pending: VecDeque::new(),
-            stats: Arc::new(TransportStats::default()),
+            stats: Arc::new(TransportStats::new(peers_len)),
         })
     }
 
@@ -337,6 +377,7 @@ impl Transport {
                 match self.framer.accept(d.payload(), now) {
                     Ok(Some(message)) => {
                         self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                        self.stats.heard(message.0);
                         out.push(message);
                     }
                     Ok(None) => {}

@@ -8,6 +8,9 @@ use alloy_rpc_types_eth::{
     AccessList, BlockOverrides, EIP1186AccountProofResponse, Filter, Log, TransactionRequest,
     state::StateOverride,
 };
+use alloy_rpc_types_trace::geth::{
+    GethDebugTracingCallOptions, GethDebugTracingOptions, GethTrace, TraceResult,
+};
 pub use rtchain_exec::types::{ChainEvent, ReceiptView};
 use rtchain_exec::types::{RecoveredTx, SealedBlock, TxLocation};
 use tokio::sync::{broadcast, oneshot};
@@ -89,6 +92,10 @@ pub enum BackendError {
     HistoricalStateUnavailable(String),
     #[error("header not found")]
     BlockNotFound,
+    /// What was asked for does not exist (geth's texts: "transaction not found", "block #N not
+    /// found").
+    #[error("{0}")]
+    NotFound(String),
     /// Bad parameters the backend noticed (code -32602).
     #[error("{0}")]
     InvalidParams(String),
@@ -109,6 +116,12 @@ pub trait Backend: Send + Sync + 'static {
     fn chain_id(&self) -> u64;
     fn client_version(&self) -> String;
     fn head(&self) -> ChainHead;
+
+    /// Peers this node is in touch with (validators and followers heard from recently), for
+    /// `net_peerCount`; 0 for a node that replicates with nobody.
+    fn peer_count(&self) -> u64 {
+        0
+    }
 
     /// Operational counters for `rtchain_nodeStats` (packet I/O, fast path, pool): a JSON object
     /// whose fields are documented in docs/operator.md. `null` when the node keeps none.
@@ -202,8 +215,42 @@ pub trait Backend: Send + Sync + 'static {
         at: StateAt,
     ) -> Result<EIP1186AccountProofResponse, BackendError>;
 
+    /// debug_traceTransaction: the sealed transaction re-executed on its block's parent state,
+    /// after the transactions before it, under the tracer `options` name.
+    fn trace_transaction(
+        &self,
+        hash: B256,
+        options: &GethDebugTracingOptions,
+    ) -> Result<GethTrace, BackendError> {
+        let _ = (hash, options);
+        Err(BackendError::Unavailable("this node does not trace".into()))
+    }
+
+    /// debug_traceBlockByNumber/Hash: every transaction of a sealed block, in order.
+    fn trace_block(
+        &self,
+        number: u64,
+        options: &GethDebugTracingOptions,
+    ) -> Result<Vec<TraceResult>, BackendError> {
+        let _ = (number, options);
+        Err(BackendError::Unavailable("this node does not trace".into()))
+    }
+
+    /// debug_traceCall: a call as `eth_call` runs it, traced.
+    fn trace_call(
+        &self,
+        request: &TransactionRequest,
+        at: StateAt,
+        options: &GethDebugTracingCallOptions,
+    ) -> Result<GethTrace, BackendError> {
+        let _ = (request, at, options);
+        Err(BackendError::Unavailable("this node does not trace".into()))
+    }
+
     /// Base fee the next EVM block will charge.
     fn next_base_fee(&self) -> u64;
+    /// Blob base fee of the next block (eth_blobBaseFee), in wei.
+    fn next_blob_base_fee(&self) -> u128;
     /// Suggested priority fee (eth_maxPriorityFeePerGas).
     fn suggested_priority_fee(&self) -> u128;
     /// Block gas limit of new blocks.

@@ -214,7 +214,7 @@ pub(crate) fn check_filter_bounds(filter: &Filter) -> RpcResult<()> {
 // ---------------------------------------------------------------------------------------------
 // Registration.
 
-type Module = RpcModule<RpcContext>;
+pub(crate) type Module = RpcModule<RpcContext>;
 
 /// Registers a method that runs inline on the connection's task (cheap reads).
 macro_rules! inline {
@@ -270,6 +270,7 @@ pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
     inline!(module, "eth_accounts", accounts);
     inline!(module, "eth_gasPrice", gas_price);
     inline!(module, "eth_maxPriorityFeePerGas", max_priority_fee);
+    inline!(module, "eth_blobBaseFee", blob_base_fee);
     blocking!(module, "eth_feeHistory", fee_history);
 
     inline!(module, "eth_getBalance", get_balance);
@@ -388,9 +389,9 @@ fn net_listening(_: &RpcContext, params: &Params<'_>) -> RpcResult<bool> {
 }
 
 /// The backend does not expose validator peers to RPC; devp2p peers there are none.
-fn net_peer_count(_: &RpcContext, params: &Params<'_>) -> RpcResult<U64> {
+fn net_peer_count(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<U64> {
     Args::new(params, 0)?;
-    Ok(U64::ZERO)
+    Ok(U64::from(ctx.backend.peer_count()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,6 +431,12 @@ fn gas_price(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<U128> {
 fn max_priority_fee(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<U128> {
     Args::new(params, 0)?;
     Ok(U128::from(ctx.backend.suggested_priority_fee()))
+}
+
+/// EIP-7516's BLOBBASEFEE of the next block.
+fn blob_base_fee(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<U128> {
+    Args::new(params, 0)?;
+    Ok(U128::from(ctx.backend.next_blob_base_fee()))
 }
 
 /// eth_feeHistory as geth computes it: per block its base fee, gas used ratio and, for each
@@ -612,7 +619,7 @@ fn get_proof(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<EIP1186AccountP
 /// Call objects may carry the calldata as `input` or as the older `data`; both set and
 /// different is refused with geth's message. Afterwards only `input` is set, so the backend
 /// reads one field.
-fn normalize_input(request: &mut TransactionRequest) -> RpcResult<()> {
+pub(crate) fn normalize_input(request: &mut TransactionRequest) -> RpcResult<()> {
     let input = &mut request.input;
     if let (Some(a), Some(b)) = (&input.input, &input.data)
         && a != b

@@ -13,10 +13,12 @@
 
 pub mod backend;
 mod convert;
+mod debug;
 pub mod error;
 mod eth;
 mod filters;
 mod middleware;
+pub mod origins;
 mod params;
 mod pubsub;
 
@@ -74,8 +76,11 @@ pub struct RpcConfig {
     /// eth_feeHistory, filter polls) running at once on the blocking pool; more wait in line,
     /// first come first served, so a flood of them cannot occupy every thread of the process.
     pub max_concurrent_heavy_calls: usize,
-    /// Answer CORS preflights and allow any origin, so that browser dev tools can connect.
-    pub cors_allow_any_origin: bool,
+    /// Web origins whose pages may call the RPC (CORS) and open WebSockets: `"local"` (any
+    /// port on localhost, 127.0.0.1, [::1]), `"*"`, or exact origins such as
+    /// `"https://app.example.org"`. Requests without an `Origin` (not from a browser page) are
+    /// always served. See [`origins`].
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for RpcConfig {
@@ -95,7 +100,7 @@ impl Default for RpcConfig {
             send_sync_timeout_max: Duration::from_secs(30),
             max_sync_sends_waiting: 4_096,
             max_concurrent_heavy_calls: 32,
-            cors_allow_any_origin: true,
+            allowed_origins: vec!["local".to_owned()],
         }
     }
 }
@@ -128,6 +133,7 @@ impl RpcConfig {
                 return Err(RpcError::Config(format!("{name} must be at least 1")));
             }
         }
+        origins::OriginPolicy::parse(&self.allowed_origins).map_err(RpcError::Config)?;
         if self.filter_timeout.is_zero() {
             return Err(RpcError::Config("filter_timeout must be positive".into()));
         }
@@ -202,6 +208,7 @@ pub async fn start(config: RpcConfig, backend: Arc<dyn Backend>) -> Result<RpcHa
 
     let mut module = RpcModule::from_arc(context.clone());
     eth::register(&mut module)?;
+    debug::register(&mut module)?;
     filters::register(&mut module)?;
     pubsub::register(&mut module)?;
     let known_methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
@@ -218,11 +225,11 @@ pub async fn start(config: RpcConfig, backend: Arc<dyn Backend>) -> Result<RpcHa
         .set_batch_request_config(BatchRequestConfig::Limit(config.max_batch_len))
         .set_id_provider(middleware::HexIdProvider)
         .build();
-    let cors = config
-        .cors_allow_any_origin
-        .then(middleware::cors_any_origin);
+    let origins =
+        Arc::new(origins::OriginPolicy::parse(&config.allowed_origins).map_err(RpcError::Config)?);
     let http_middleware = tower::ServiceBuilder::new()
-        .option_layer(cors)
+        .layer(middleware::WsOriginLayer::new(origins.clone()))
+        .layer(middleware::cors(origins))
         .map_request(middleware::mark_plain_http);
     let rpc_middleware = RpcServiceBuilder::new()
         .layer_fn(move |inner| middleware::GethCompat::new(inner, known_methods.clone()));

@@ -4,22 +4,25 @@
 //! - eth_subscribe / eth_unsubscribe over plain HTTP answer -32601 "notifications not supported"
 //!   (jsonrpsee would say -32603 "Internal error");
 //! - subscription ids are random 128-bit hex strings like geth's, not integers;
-//! - CORS allows any origin, for browser dev tools.
+//! - CORS answers the origins the node allows (by default: pages on this machine), and a
+//!   WebSocket upgrade from a page of another origin is refused with 403 (see
+//!   [`crate::origins`]).
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::{Either, Ready, ready};
-use jsonrpsee::server::HttpRequest;
 use jsonrpsee::server::IdProvider;
 use jsonrpsee::server::middleware::rpc::{
     Batch, BatchEntry, BatchEntryErr, MethodResponse, Notification, Request, RpcServiceT,
 };
+use jsonrpsee::server::{HttpBody, HttpRequest, HttpResponse};
 use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::types::SubscriptionId;
 
 use crate::error::{method_not_found, notifications_unsupported};
+use crate::origins::OriginPolicy;
 
 /// Marks a request that arrived as a plain HTTP POST (not on a WebSocket). jsonrpsee copies the
 /// HTTP request's extensions into each JSON-RPC request it carries.
@@ -39,10 +42,88 @@ pub(crate) fn mark_plain_http(mut request: HttpRequest) -> HttpRequest {
     request
 }
 
-/// Any origin, any header, the methods JSON-RPC uses: a node's RPC is public by design (it
-/// holds no keys), and browser-based tools must reach a local devnet.
-pub(crate) fn cors_any_origin() -> tower_http::cors::CorsLayer {
-    tower_http::cors::CorsLayer::permissive()
+/// CORS for the allowed origins, any header and method: browser tools on an allowed origin
+/// reach the node; other pages' requests get no CORS grant, so the browser withholds the answer.
+pub(crate) fn cors(origins: Arc<OriginPolicy>) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let allow = if origins.allows_any() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|origin| origins.allows(origin))
+        })
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods(Any)
+        .allow_headers(Any)
+}
+
+/// Refuses (403) a WebSocket upgrade whose `Origin` is not allowed. CORS does not apply to
+/// WebSockets: without this, any page the user opens could use a local node's subscriptions.
+#[derive(Debug, Clone)]
+pub(crate) struct WsOriginLayer {
+    origins: Arc<OriginPolicy>,
+}
+
+impl WsOriginLayer {
+    pub(crate) fn new(origins: Arc<OriginPolicy>) -> Self {
+        Self { origins }
+    }
+}
+
+impl<S> tower::Layer<S> for WsOriginLayer {
+    type Service = WsOrigin<S>;
+
+    fn layer(&self, inner: S) -> WsOrigin<S> {
+        WsOrigin {
+            inner,
+            origins: self.origins.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct WsOrigin<S> {
+    inner: S,
+    origins: Arc<OriginPolicy>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for WsOrigin<S>
+where
+    S: tower::Service<http::Request<B>, Response = HttpResponse>,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<HttpResponse, S::Error>>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let headers = request.headers();
+        let upgrade = headers
+            .get("upgrade")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let refused = headers.get("origin").is_some_and(|origin| {
+            !origin
+                .to_str()
+                .is_ok_and(|origin| self.origins.allows(origin))
+        });
+        if upgrade && refused {
+            let mut response = HttpResponse::new(HttpBody::from(
+                "WebSocket origin not allowed (rpc.allowed_origins)",
+            ));
+            *response.status_mut() = http::StatusCode::FORBIDDEN;
+            return Either::Right(ready(Ok(response)));
+        }
+        Either::Left(self.inner.call(request))
+    }
 }
 
 /// RPC middleware that answers geth's errors for unknown methods and for subscriptions over

@@ -49,6 +49,7 @@ async fn basic_methods() {
         result(addr, "eth_maxPriorityFeePerGas", json!([])).await,
         format!("{PRIORITY_FEE:#x}")
     );
+    assert_eq!(result(addr, "eth_blobBaseFee", json!([])).await, "0x7");
     let sha = result(addr, "web3_sha3", json!(["0x68656c6c6f"])).await;
     assert_eq!(sha, json!(keccak256(b"hello")));
     server.stop();
@@ -752,20 +753,114 @@ async fn batches_and_limits() {
     assert_eq!(response["error"]["message"], "Request is too big");
 }
 
-#[tokio::test]
-async fn cors_preflight() {
-    let (server, _backend) = serve(|_| {}).await;
-    let addr = server.local_addr();
+/// The CORS grant a preflight from `origin` gets (`None`: no grant).
+async fn cors_grant(addr: std::net::SocketAddr, origin: &str) -> Option<String> {
     let request = format!(
-        "OPTIONS / HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://localhost:3000\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n"
+        "OPTIONS / HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n"
     );
     let (status, head, _) = http_exchange(addr, &request).await;
-    assert_eq!(status, 200);
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("access-control-allow-origin: *"),
-        "{head}"
+    assert_eq!(status, 200, "{head}");
+    head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("access-control-allow-origin:")
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// The status a WebSocket upgrade with `origin` (if any) gets.
+async fn ws_upgrade_status(addr: std::net::SocketAddr, origin: Option<&str>) -> u16 {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{origin}\r\n"
     );
+    // An accepted upgrade keeps the connection open: read the head only.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("an answer to the upgrade")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
+#[tokio::test]
+async fn cors_and_websocket_origins_default_to_pages_on_this_machine() {
+    let (server, _backend) = serve(|_| {}).await;
+    let addr = server.local_addr();
+    assert_eq!(
+        cors_grant(addr, "http://localhost:3000").await.as_deref(),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(
+        cors_grant(addr, "http://127.0.0.1:5173").await.as_deref(),
+        Some("http://127.0.0.1:5173")
+    );
+    assert_eq!(cors_grant(addr, "https://evil.example").await, None);
+    assert_eq!(
+        ws_upgrade_status(addr, Some("https://evil.example")).await,
+        403
+    );
+    assert_eq!(
+        ws_upgrade_status(addr, Some("http://localhost:3000")).await,
+        101
+    );
+    // Not from a browser page: served.
+    assert_eq!(ws_upgrade_status(addr, None).await, 101);
+}
+
+#[tokio::test]
+async fn allowed_origins_are_configurable() {
+    let (server, _backend) = serve(|c| {
+        c.allowed_origins = vec!["https://app.example.org".into()];
+    })
+    .await;
+    let addr = server.local_addr();
+    assert_eq!(
+        cors_grant(addr, "https://app.example.org").await.as_deref(),
+        Some("https://app.example.org")
+    );
+    assert_eq!(cors_grant(addr, "http://localhost:3000").await, None);
+    assert_eq!(
+        ws_upgrade_status(addr, Some("http://localhost:3000")).await,
+        403
+    );
+    assert_eq!(
+        ws_upgrade_status(addr, Some("https://app.example.org")).await,
+        101
+    );
+
+    let (any, _backend) = serve(|c| c.allowed_origins = vec!["*".into()]).await;
+    assert_eq!(
+        cors_grant(any.local_addr(), "https://evil.example")
+            .await
+            .as_deref(),
+        Some("*")
+    );
+    let bad = rtchain_rpc::start(
+        rtchain_rpc::RpcConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            allowed_origins: vec!["example.org/path".into()],
+            ..Default::default()
+        },
+        TestBackend::new(),
+    )
+    .await;
+    assert!(bad.is_err(), "a malformed origin is a configuration error");
 }
 
 #[tokio::test]

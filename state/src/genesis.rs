@@ -66,6 +66,24 @@ pub struct GenesisAccount {
 /// Geth's default initial base fee (1 gwei).
 pub const INITIAL_BASE_FEE: u64 = 1_000_000_000;
 
+/// The deterministic CREATE2 deployer (Arachnid's proxy), at the same address on anvil,
+/// hardhat, OP chains (a preinstall) and nearly every public chain: `forge script` and other
+/// tools deploy through it with a salt, so contract addresses match across chains.
+pub const CREATE2_DEPLOYER: Address = address!("0x4e59b44847b379578588920cA78FbF26c0B4956C");
+
+/// Its runtime code: calldata is a 32-byte salt followed by the init code; it CREATE2s the init
+/// code with that salt and the call's value, and returns the new address (reverting if the
+/// creation fails).
+pub const CREATE2_DEPLOYER_CODE: [u8; 69] = alloy_primitives::hex!(
+    "7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffe03601600081602082378035828234f58015156039578182fd5b8082525050506014600cf3"
+);
+
+/// Contracts every rtchain genesis carries where its allocation leaves the address free, as OP
+/// chains' preinstalls.
+pub fn preinstalls() -> Vec<(Address, Bytes)> {
+    vec![(CREATE2_DEPLOYER, Bytes::from_static(&CREATE2_DEPLOYER_CODE))]
+}
+
 impl Genesis {
     /// The built-in dev genesis: chain `chain_id`, the 10 dev accounts with 10,000 ETH each.
     pub fn dev(chain_id: u64, gas_limit: u64) -> Self {

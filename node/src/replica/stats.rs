@@ -7,6 +7,10 @@ use parking_lot::Mutex;
 use crate::transport::TransportStats;
 
 /// Counters and latency of replication, for `rtchain_nodeStats` and `bench consensus`.
+/// A peer counts as connected if it was heard from this recently: validators exchange votes
+/// every view (about 100 ms) and followers ask to sync far more often than this.
+pub const PEER_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct ConsensusStats {
     pub(super) inner: Mutex<StatsInner>,
 }
@@ -58,6 +62,14 @@ impl ConsensusStats {
         }
     }
 
+    /// Validators and followers heard from within [`PEER_ALIVE`].
+    pub fn connected_peers(&self) -> usize {
+        let s = self.inner.lock();
+        s.transport
+            .as_ref()
+            .map_or(0, |t| t.peers_heard_within(PEER_ALIVE))
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         use std::sync::atomic::Ordering::Relaxed;
         let s = self.inner.lock();
@@ -94,6 +106,7 @@ impl ConsensusStats {
                 "viewsDropped": s.engine.views_dropped,
             },
             "transport": {
+                "peersConnected": t.map_or(0, |t| t.peers_heard_within(PEER_ALIVE)),
                 "datagramsIn": c(|t| &t.datagrams_in),
                 "datagramsOut": c(|t| &t.datagrams_out),
                 "messagesIn": c(|t| &t.messages_in),

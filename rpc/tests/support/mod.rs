@@ -597,6 +597,10 @@ impl Backend for TestBackend {
         NEXT_BASE_FEE
     }
 
+    fn next_blob_base_fee(&self) -> u128 {
+        7
+    }
+
     fn suggested_priority_fee(&self) -> u128 {
         PRIORITY_FEE
     }
