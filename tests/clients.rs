@@ -107,6 +107,30 @@ fn cast_send_call_and_run_work_against_devnet() {
     send(&[to, "--value", "1ether"]);
     let one_ether = U256::from(10u64).pow(U256::from(18u64));
     assert_eq!(balance(), before + one_ether, "1 ether arrived");
+    // `--unlocked`: cast leaves the signing to the node (eth_sendTransaction), which the devnet
+    // does for its dev accounts.
+    let unlocked = cast(&[
+        "send",
+        "--rpc-url",
+        &url,
+        "--unlocked",
+        "--from",
+        "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC", // dev account 2
+        to,
+        "--value",
+        "1ether",
+    ]);
+    assert!(
+        unlocked
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["status", "1", "(success)"]),
+        "cast send --unlocked: no `status 1 (success)` in\n{unlocked}"
+    );
+    assert_eq!(
+        balance(),
+        before + one_ether + one_ether,
+        "the unlocked ether arrived"
+    );
 
     let create = token_deploy_input("Cast Token", "CT", U256::from(1000u64)).to_string();
     let receipt = send(&["--create", &create]);

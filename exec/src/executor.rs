@@ -41,6 +41,19 @@ pub struct BlockContext {
 }
 
 impl BlockContext {
+    /// A block for tests: number 1, a 1 gwei base fee, a 30M gas limit.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            number: 1,
+            timestamp: 1_700_000_000,
+            beneficiary: Address::with_last_byte(0xc0),
+            base_fee: 1_000_000_000,
+            gas_limit: 30_000_000,
+            prevrandao: B256::ZERO,
+        }
+    }
+
     pub fn block_env(&self) -> BlockEnv {
         BlockEnv {
             number: U256::from(self.number),
@@ -467,7 +480,7 @@ mod deposit_tests {
     use super::*;
     use crate::{
         MemoryState, ParallelConfig, ParallelExecutor,
-        test_deposits::{self, DEPOSITOR as FROM, block},
+        test_deposits::{self, DEPOSITOR as FROM},
         types::RecoveredTx,
     };
 
@@ -502,11 +515,12 @@ mod deposit_tests {
     fn run(txs: Vec<RecoveredTx>) -> (BatchResult, MemoryState) {
         let config = ExecConfig::dev(901);
         let mut s = state();
-        let result = execute_batch(&config, &block(), &s, txs.clone(), 0, 0).unwrap();
+        let result =
+            execute_batch(&config, &BlockContext::for_tests(), &s, txs.clone(), 0, 0).unwrap();
         // The parallel executor agrees (it runs batches with deposits sequentially).
         let parallel = ParallelExecutor::new(ParallelConfig::with_threads(2)).unwrap();
         let p = parallel
-            .execute_batch(&config, &block(), &s, txs, 0, 0)
+            .execute_batch(&config, &BlockContext::for_tests(), &s, txs, 0, 0)
             .unwrap();
         assert_eq!(p, result);
         s.apply(&result.diff);
@@ -538,7 +552,7 @@ mod deposit_tests {
         );
         // No fee reached the beneficiary.
         assert!(
-            StateReader::account(&s, block().beneficiary)
+            StateReader::account(&s, BlockContext::for_tests().beneficiary)
                 .unwrap()
                 .is_none()
         );

@@ -1,10 +1,10 @@
-//! Deposit transactions and a block context for the crate's tests.
+//! Deposit transactions for the crate's tests.
 
 use alloy_consensus::Sealable;
 use alloy_primitives::{Address, B256, Bytes, TxKind, U256, address};
 use op_alloy_consensus::{OpTxEnvelope, TxDeposit};
 
-use crate::{executor::BlockContext, types::RecoveredTx};
+use crate::types::RecoveredTx;
 
 /// The L1 account every test deposit comes from.
 pub const DEPOSITOR: Address = address!("0x1000000000000000000000000000000000000001");
@@ -35,16 +35,5 @@ pub fn deposit(
         envelope,
         sender: DEPOSITOR,
         raw: raw.into(),
-    }
-}
-
-pub fn block() -> BlockContext {
-    BlockContext {
-        number: 1,
-        timestamp: 1_700_000_000,
-        beneficiary: address!("0x00000000000000000000000000000000000000c0"),
-        base_fee: 1_000_000_000,
-        gas_limit: 30_000_000,
-        prevrandao: B256::ZERO,
     }
 }

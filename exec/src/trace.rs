@@ -260,7 +260,7 @@ mod tests {
     use super::*;
     use crate::{
         MemoryState,
-        test_deposits::{self, DEPOSITOR as FROM, block},
+        test_deposits::{self, DEPOSITOR as FROM},
     };
     const COUNTER: Address = address!("0x2000000000000000000000000000000000000002");
     /// slot0 += 1: PUSH0 SLOAD PUSH1 1 ADD PUSH0 SSTORE STOP.
@@ -301,7 +301,7 @@ mod tests {
         let state = state();
         let all = trace_block(
             &config,
-            &block(),
+            &BlockContext::for_tests(),
             B256::ZERO,
             &state,
             &txs,
@@ -316,7 +316,7 @@ mod tests {
         }
         let alone = trace_block(
             &config,
-            &block(),
+            &BlockContext::for_tests(),
             B256::ZERO,
             &state,
             &txs,
@@ -336,7 +336,7 @@ mod tests {
         let config = ExecConfig::dev(901);
         let traces = trace_block(
             &config,
-            &block(),
+            &BlockContext::for_tests(),
             B256::ZERO,
             state(),
             &[deposit(1)],
@@ -361,7 +361,7 @@ mod tests {
             .with_tracer(GethDebugTracerType::JsTracer("{ result: 1 }".into()));
         let err = trace_block(
             &ExecConfig::dev(901),
-            &block(),
+            &BlockContext::for_tests(),
             B256::ZERO,
             state(),
             &[deposit(1)],

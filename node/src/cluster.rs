@@ -190,6 +190,7 @@ pub fn prepare(spec: &ClusterSpec) -> Result<Cluster, String> {
             SocketAddr::from((ip(i), pick(spec.rpc_base_port, 8545, i, &mut held, false)?));
         config.chain.chain_id = spec.chain_id;
         config.chain.genesis = spec.genesis.clone();
+        config.rpc.dev_accounts = spec.genesis.is_none();
         config.sequencer.block_interval_ms = spec.block_interval_ms;
         config.sequencer.idle_block_interval_ms = config
             .sequencer

@@ -188,6 +188,10 @@ pub struct RpcSection {
     /// Web origins whose pages may use the RPC (CORS, WebSocket `Origin`): "local" (pages on
     /// this machine, the default), "*", or exact origins ("https://app.example.org").
     pub allowed_origins: Vec<String>,
+    /// Sign for the ten dev accounts (eth_accounts, eth_sendTransaction, eth_signTransaction,
+    /// eth_sign, personal_sign), as anvil and hardhat do. Their keys are public: only with the
+    /// built-in dev genesis (the devnet turns it on).
+    pub dev_accounts: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -368,6 +372,7 @@ impl Default for RpcSection {
             max_request_body_bytes: 5 << 20,
             max_batch_len: 100,
             allowed_origins: vec!["local".to_owned()],
+            dev_accounts: false,
         }
     }
 }

@@ -216,6 +216,8 @@ pub async fn run(options: DevnetOptions) -> Result<(), String> {
     };
     config.rpc.addr = options.rpc_addr;
     config.rpc.allowed_origins = options.allowed_origins.clone();
+    // Like anvil and hardhat: the dev accounts sign through the RPC (their keys are public).
+    config.rpc.dev_accounts = options.genesis.is_none();
     config.chain.chain_id = options.chain_id;
     config.chain.genesis = options.genesis;
     config.storage.set_history_mode(options.history);

@@ -51,6 +51,15 @@ impl Node {
             None => Vec::new(),
         };
         let backend = Arc::new(NodeBackend::new(chain.clone()));
+        if config.rpc.dev_accounts {
+            if config.chain.genesis.is_some() {
+                return Err(NodeError::Config(
+                    "rpc.dev_accounts signs with the public dev keys, funded only by the built-in dev genesis: remove it or chain.genesis".into(),
+                ));
+            }
+            let count = rtchain_state::genesis::DEV_ACCOUNTS.len() as u32;
+            backend.set_dev_signers((0..count).map(crate::keys::dev_key).collect());
+        }
         // The fast path starts first: the sequencer answers through its reply rings.
         let (fastpath, answers) = if config.fastpath.enabled {
             let (fastpath, answers) =

@@ -49,6 +49,8 @@ pub struct NodeBackend {
     fastpath: std::sync::OnceLock<StatsHandle>,
     /// Set when this node is a validator: replication counters for `rtchain_nodeStats`.
     consensus: std::sync::OnceLock<Arc<ConsensusStats>>,
+    /// The dev accounts' keys, on a devnet that signs for them (`rpc.dev_accounts`).
+    dev_signers: std::sync::OnceLock<Vec<alloy_signer_local::PrivateKeySigner>>,
 }
 
 /// A refusal as the RPC crate reports it: geth's code (-32000 for every transaction refusal,
@@ -82,7 +84,23 @@ impl NodeBackend {
             chain,
             fastpath: std::sync::OnceLock::new(),
             consensus: std::sync::OnceLock::new(),
+            dev_signers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Signs for these accounts (eth_accounts, eth_sendTransaction, eth_sign...).
+    pub fn set_dev_signers(&self, signers: Vec<alloy_signer_local::PrivateKeySigner>) {
+        let _ = self.dev_signers.set(signers);
+    }
+
+    fn dev_signer(
+        &self,
+        from: Address,
+    ) -> Result<&alloy_signer_local::PrivateKeySigner, BackendError> {
+        self.dev_signers
+            .get()
+            .and_then(|signers| signers.iter().find(|s| s.address() == from))
+            .ok_or(BackendError::UnknownAccount)
     }
 
     pub fn set_consensus_stats(&self, stats: Arc<ConsensusStats>) {
@@ -417,6 +435,39 @@ impl Backend for NodeBackend {
 
     fn client_version(&self) -> String {
         self.chain.client_version.clone()
+    }
+
+    fn accounts(&self) -> Vec<Address> {
+        self.dev_signers
+            .get()
+            .map(|signers| signers.iter().map(|s| s.address()).collect())
+            .unwrap_or_default()
+    }
+
+    fn sign_transaction(
+        &self,
+        from: Address,
+        mut tx: alloy_consensus::TypedTransaction,
+    ) -> Result<Bytes, BackendError> {
+        use alloy::network::TxSignerSync;
+        use alloy_eips::eip2718::Encodable2718;
+        let signer = self.dev_signer(from)?;
+        let signature = signer
+            .sign_transaction_sync(&mut tx)
+            .map_err(|e| BackendError::InvalidParams(format!("cannot sign: {e}")))?;
+        let envelope = alloy_consensus::TxEnvelope::from(
+            alloy_consensus::SignableTransaction::into_signed(tx, signature),
+        );
+        Ok(envelope.encoded_2718().into())
+    }
+
+    fn sign_message(&self, from: Address, message: &[u8]) -> Result<Bytes, BackendError> {
+        use alloy::signers::SignerSync;
+        let signature = self
+            .dev_signer(from)?
+            .sign_message_sync(message)
+            .map_err(|e| BackendError::Internal(format!("signing: {e}")))?;
+        Ok(signature.as_bytes().to_vec().into())
     }
 
     fn peer_count(&self) -> u64 {

@@ -92,6 +92,10 @@ pub enum BackendError {
     HistoricalStateUnavailable(String),
     #[error("header not found")]
     BlockNotFound,
+    /// A signing method named an account this node holds no key for (geth's text). Only the
+    /// devnet signs, for its dev accounts.
+    #[error("unknown account")]
+    UnknownAccount,
     /// What was asked for does not exist (geth's texts: "transaction not found", "block #N not
     /// found").
     #[error("{0}")]
@@ -116,6 +120,28 @@ pub trait Backend: Send + Sync + 'static {
     fn chain_id(&self) -> u64;
     fn client_version(&self) -> String;
     fn head(&self) -> ChainHead;
+
+    /// Accounts this node signs for (`eth_accounts`): the devnet's dev accounts; none on a
+    /// real node, which holds no user keys.
+    fn accounts(&self) -> Vec<Address> {
+        Vec::new()
+    }
+
+    /// Signs a filled transaction as `from`, one of [`Backend::accounts`]: its EIP-2718 bytes.
+    fn sign_transaction(
+        &self,
+        from: Address,
+        tx: alloy_consensus::TypedTransaction,
+    ) -> Result<Bytes, BackendError> {
+        let _ = (from, tx);
+        Err(BackendError::UnknownAccount)
+    }
+
+    /// An EIP-191 personal-message signature by `from` (65 bytes, r || s || v with v 27/28).
+    fn sign_message(&self, from: Address, message: &[u8]) -> Result<Bytes, BackendError> {
+        let _ = (from, message);
+        Err(BackendError::UnknownAccount)
+    }
 
     /// Peers this node is in touch with (validators and followers heard from recently), for
     /// `net_peerCount`; 0 for a node that replicates with nobody.

@@ -102,6 +102,7 @@ pub(crate) fn from_backend(err: BackendError) -> ErrorObjectOwned {
         | BackendError::HistoricalStateUnavailable(_)
         | BackendError::BlockNotFound
         | BackendError::NotFound(_)
+        | BackendError::UnknownAccount
         | BackendError::Unavailable(_) => server_error(err.to_string()),
         BackendError::InvalidParams(message) => invalid_params(message),
         BackendError::LimitExceeded(message) => limit_exceeded(message),

@@ -413,10 +413,10 @@ fn syncing(_: &RpcContext, params: &Params<'_>) -> RpcResult<bool> {
     Ok(false)
 }
 
-/// The node holds no keys.
-fn accounts(_: &RpcContext, params: &Params<'_>) -> RpcResult<Vec<Address>> {
+/// The accounts the node signs for: the devnet's dev accounts, none elsewhere.
+fn accounts(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<Vec<Address>> {
     Args::new(params, 0)?;
-    Ok(Vec::new())
+    Ok(ctx.backend.accounts())
 }
 
 /// Next block's base fee plus the suggested tip: what a legacy transaction should bid.
@@ -675,12 +675,22 @@ fn estimate_gas(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<U64> {
     let state_overrides: Option<StateOverride> = args.optional()?;
     normalize_input(&mut request)?;
     let at = ctx.state_at(block)?;
+    estimated_gas(ctx, &request, at, state_overrides.as_ref()).map(U64::from)
+}
+
+/// eth_estimateGas's answer: the gas, or geth's error for a call that fails at the cap.
+pub(crate) fn estimated_gas(
+    ctx: &RpcContext,
+    request: &TransactionRequest,
+    at: StateAt,
+    state_overrides: Option<&StateOverride>,
+) -> RpcResult<u64> {
     match ctx
         .backend
-        .estimate_gas(&request, at, state_overrides.as_ref())
+        .estimate_gas(request, at, state_overrides)
         .map_err(from_backend)?
     {
-        Ok(gas) => Ok(U64::from(gas)),
+        Ok(gas) => Ok(gas),
         Err(CallOutcome::Revert { output, .. }) => Err(execution_reverted(&output)),
         Err(CallOutcome::Halt { reason, .. }) if is_out_of_gas(&reason) => {
             let cap = request.gas.unwrap_or_else(|| ctx.backend.block_gas_limit());

@@ -11,6 +11,7 @@
 //!
 //! The method list, tags, error codes and limits are documented in `docs/rpc.md`.
 
+mod accounts;
 pub mod backend;
 mod convert;
 mod debug;
@@ -209,6 +210,7 @@ pub async fn start(config: RpcConfig, backend: Arc<dyn Backend>) -> Result<RpcHa
     let mut module = RpcModule::from_arc(context.clone());
     eth::register(&mut module)?;
     debug::register(&mut module)?;
+    accounts::register(&mut module)?;
     filters::register(&mut module)?;
     pubsub::register(&mut module)?;
     let known_methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());

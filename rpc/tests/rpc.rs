@@ -61,13 +61,31 @@ async fn geth_error_codes() {
     let (server, _backend) = serve(|_| {}).await;
     let addr = server.local_addr();
 
-    for method in ["eth_fillTransaction", "eth_sign", "eth_sendTransaction"] {
+    for method in ["eth_fillTransaction", "eth_coinbase"] {
         let err = error(addr, method, json!([])).await;
         assert_eq!(err["code"], -32601, "{method}");
         assert_eq!(
             err["message"],
             format!("the method {method} does not exist/is not available")
         );
+    }
+    // A node without keys knows no account to sign with.
+    let someone = "0x0000000000000000000000000000000000000001";
+    for (method, params) in [
+        ("eth_sign", json!([someone, "0x00"])),
+        ("personal_sign", json!(["0x00", someone])),
+        (
+            "eth_sendTransaction",
+            json!([{"from": someone, "to": someone}]),
+        ),
+        (
+            "eth_signTransaction",
+            json!([{"from": someone, "to": someone}]),
+        ),
+    ] {
+        let err = error(addr, method, params).await;
+        assert_eq!(err["code"], -32000, "{method}");
+        assert_eq!(err["message"], "unknown account", "{method}");
     }
 
     // Wrong types and bad hex are invalid params.

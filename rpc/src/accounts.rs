@@ -1,0 +1,97 @@
+//! Signing for the accounts the node holds keys for (on the devnet, its ten dev accounts, as
+//! anvil and hardhat do): `eth_sendTransaction`, `eth_signTransaction`, `eth_sign` and
+//! `personal_sign`. Fields a request leaves out are filled as geth fills them: the pending
+//! nonce, the estimated gas, EIP-1559 fees from the next base fee and the suggested tip, the
+//! chain id. Elsewhere every account is unknown (`-32000 unknown account`).
+
+use alloy_consensus::TypedTransaction;
+use alloy_primitives::{Address, B256, Bytes, TxKind, keccak256};
+use alloy_rpc_types_eth::TransactionRequest;
+use jsonrpsee::core::RegisterMethodError;
+use jsonrpsee::types::Params;
+
+use crate::RpcContext;
+use crate::backend::{BackendError, StateAt};
+use crate::error::{RpcResult, from_backend, invalid_params};
+use crate::eth::{Module, estimated_gas, normalize_input, register_heavy};
+use crate::params::Args;
+
+pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
+    register_heavy(module, "eth_sendTransaction", send_transaction)?;
+    register_heavy(module, "eth_signTransaction", sign_transaction)?;
+    register_heavy(module, "eth_sign", eth_sign)?;
+    register_heavy(module, "personal_sign", personal_sign)?;
+    Ok(())
+}
+
+/// The request with every field filled, as the transaction `from` signs.
+fn filled(
+    ctx: &RpcContext,
+    mut request: TransactionRequest,
+) -> RpcResult<(Address, TypedTransaction)> {
+    normalize_input(&mut request)?;
+    let from = request
+        .from
+        .ok_or_else(|| invalid_params("missing \"from\": the account to send from"))?;
+    if !ctx.backend.accounts().contains(&from) {
+        return Err(from_backend(BackendError::UnknownAccount));
+    }
+    request.to.get_or_insert(TxKind::Create);
+    request.chain_id.get_or_insert(ctx.backend.chain_id());
+    if request.nonce.is_none() {
+        request.nonce = Some(ctx.backend.pending_nonce(from).map_err(from_backend)?);
+    }
+    if request.gas_price.is_none() {
+        let tip = request
+            .max_priority_fee_per_gas
+            .unwrap_or_else(|| ctx.backend.suggested_priority_fee());
+        // Room for the base fee to double, as geth's and viem's defaults leave.
+        let cap = request
+            .max_fee_per_gas
+            .unwrap_or_else(|| 2 * u128::from(ctx.backend.next_base_fee()) + tip);
+        request.max_fee_per_gas = Some(cap);
+        request.max_priority_fee_per_gas = Some(tip.min(cap));
+    }
+    if request.gas.is_none() {
+        request.gas = Some(estimated_gas(ctx, &request, StateAt::Latest, None)?);
+    }
+    let tx = request
+        .build_consensus_tx()
+        .map_err(|e| invalid_params(format!("cannot build the transaction: {}", e.error)))?;
+    Ok((from, tx))
+}
+
+/// The call object of `params`, filled and signed: its raw EIP-2718 bytes.
+fn signed(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<Bytes> {
+    let mut args = Args::new(params, 1)?;
+    let request: TransactionRequest = args.required()?;
+    let (from, tx) = filled(ctx, request)?;
+    ctx.backend.sign_transaction(from, tx).map_err(from_backend)
+}
+
+fn send_transaction(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<B256> {
+    let raw = signed(ctx, params)?;
+    ctx.backend.send_raw_transaction(raw).map_err(from_backend)
+}
+
+/// geth answers `{raw, tx}`; the raw bytes are what clients use.
+fn sign_transaction(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<serde_json::Value> {
+    let raw = signed(ctx, params)?;
+    Ok(serde_json::json!({ "raw": raw, "hash": keccak256(&raw) }))
+}
+
+/// `eth_sign(address, data)`: EIP-191 over `data`.
+fn eth_sign(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<Bytes> {
+    let mut args = Args::new(params, 2)?;
+    let from: Address = args.required()?;
+    let data: Bytes = args.required()?;
+    ctx.backend.sign_message(from, &data).map_err(from_backend)
+}
+
+/// `personal_sign(data, address)`: the same signature, arguments the other way round.
+fn personal_sign(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<Bytes> {
+    let mut args = Args::new(params, 3)?;
+    let data: Bytes = args.required()?;
+    let from: Address = args.required()?;
+    ctx.backend.sign_message(from, &data).map_err(from_backend)
+}

@@ -1,0 +1,132 @@
+//! The devnet signs for its ten dev accounts as anvil and hardhat do (eth_accounts,
+//! eth_sendTransaction with the missing fields filled, eth_signTransaction, eth_sign,
+//! personal_sign); a node without `rpc.dev_accounts` signs for nobody.
+
+mod common;
+
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, Bytes, Signature, U256};
+use common::{Devnet, Rpc, RpcFailure, dev_signer, free_port, quantity, token_deploy_input};
+use serde_json::json;
+
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn unknown_account(answer: Result<serde_json::Value, RpcFailure>) {
+    match answer {
+        Err(RpcFailure::Error { code, message, .. }) => {
+            assert_eq!((code, message.as_str()), (-32000, "unknown account"));
+        }
+        other => panic!("expected unknown account, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_devnet_signs_for_its_dev_accounts() {
+    let node = Devnet::start(&[]);
+    let rpc = Rpc::new(&node.url());
+    let dev: Vec<Address> = (0..10).map(|i| dev_signer(i).address()).collect();
+    let accounts: Vec<Address> =
+        serde_json::from_value(rpc.ok("eth_accounts", json!([])).await).unwrap();
+    assert_eq!(accounts, dev);
+
+    // A transfer with only from, to and value: nonce, gas and fees are filled.
+    let to = Address::repeat_byte(0x42);
+    let hash: B256 = serde_json::from_value(
+        rpc.ok(
+            "eth_sendTransaction",
+            json!([{"from": dev[0], "to": to, "value": "0x5"}]),
+        )
+        .await,
+    )
+    .unwrap();
+    let receipt = rpc.wait_receipt(hash, RECEIPT_TIMEOUT).await;
+    assert_eq!(receipt.status, 1);
+    assert_eq!(receipt.gas_used, 21_000);
+    assert_eq!(rpc.balance(to).await, U256::from(5));
+
+    // A deployment (no `to`), its gas estimated.
+    let create = token_deploy_input("Dev", "DEV", U256::from(1000u64));
+    let hash: B256 = serde_json::from_value(
+        rpc.ok(
+            "eth_sendTransaction",
+            json!([{"from": dev[1], "data": create}]),
+        )
+        .await,
+    )
+    .unwrap();
+    let receipt = rpc.wait_receipt(hash, RECEIPT_TIMEOUT).await;
+    assert_eq!(receipt.status, 1);
+    let token = receipt.contract_address.expect("a contract address");
+    assert!(!rpc.code(token).await.is_empty());
+
+    // eth_signTransaction gives raw bytes that eth_sendRawTransaction takes.
+    let signed = rpc
+        .ok(
+            "eth_signTransaction",
+            json!([{"from": dev[2], "to": to, "value": "0x7"}]),
+        )
+        .await;
+    let raw: Bytes = serde_json::from_value(signed["raw"].clone()).unwrap();
+    let hash: B256 =
+        serde_json::from_value(rpc.ok("eth_sendRawTransaction", json!([raw])).await).unwrap();
+    assert_eq!(json!(hash), signed["hash"]);
+    rpc.wait_receipt(hash, RECEIPT_TIMEOUT).await;
+    assert_eq!(rpc.balance(to).await, U256::from(12));
+
+    // eth_sign and personal_sign: EIP-191, recoverable to the account.
+    let message = b"hello rtchain";
+    let by_eth_sign: Bytes = serde_json::from_value(
+        rpc.ok("eth_sign", json!([dev[3], Bytes::from_static(message)]))
+            .await,
+    )
+    .unwrap();
+    let by_personal: Bytes = serde_json::from_value(
+        rpc.ok(
+            "personal_sign",
+            json!([Bytes::from_static(message), dev[3]]),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(by_eth_sign, by_personal);
+    let signature = Signature::try_from(by_eth_sign.as_ref()).expect("65 bytes");
+    assert_eq!(signature.recover_address_from_msg(message).unwrap(), dev[3]);
+
+    // Any other account: geth's refusal, for every signing method.
+    let stranger = Address::repeat_byte(0x99);
+    unknown_account(
+        rpc.call("eth_sendTransaction", json!([{"from": stranger, "to": to}]))
+            .await,
+    );
+    unknown_account(rpc.call("eth_sign", json!([stranger, "0x00"])).await);
+    // A transaction that cannot succeed is refused with the estimate's error, not sent.
+    let broke = rpc
+        .call(
+            "eth_sendTransaction",
+            json!([{"from": dev[4], "to": to, "value": format!("{:#x}", U256::MAX)}]),
+        )
+        .await;
+    assert!(broke.is_err(), "{broke:?}");
+    assert_eq!(
+        quantity(
+            &rpc.ok("eth_getTransactionCount", json!([dev[4], "latest"]))
+                .await
+        ),
+        U256::ZERO
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_dev_accounts_signs_for_nobody() {
+    let temp = tempfile::tempdir().unwrap();
+    let node = Devnet::start_node_config(&temp.path().join("data"), free_port(), "");
+    let rpc = Rpc::new(&node.url());
+    assert_eq!(rpc.ok("eth_accounts", json!([])).await, json!([]));
+    let dev0 = dev_signer(0).address();
+    unknown_account(
+        rpc.call("eth_sendTransaction", json!([{"from": dev0, "to": dev0}]))
+            .await,
+    );
+    unknown_account(rpc.call("personal_sign", json!(["0x00", dev0])).await);
+}
