@@ -249,6 +249,11 @@ struct DevnetArgs {
     /// on this machine), `*`, or exact origins such as https://app.example.org.
     #[arg(long, value_delimiter = ',', default_value = "local")]
     rpc_allowed_origins: Vec<String>,
+    /// Accept legacy transactions without a chain id (pre-EIP-155), as geth's
+    /// --rpc.allow-unprotected-txs: the keyless way singletons such as the CREATE2 deployer
+    /// are deployed. They can be replayed on any chain.
+    #[arg(long)]
+    rpc_allow_unprotected_txs: bool,
 }
 
 fn main() -> ExitCode {
@@ -386,6 +391,7 @@ impl From<DevnetArgs> for devnet::DevnetOptions {
             followers: a.followers,
             netns: a.netns,
             allowed_origins: a.rpc_allowed_origins,
+            allow_unprotected_txs: a.rpc_allow_unprotected_txs,
             history: {
                 let mut storage = rtchain_node::config::StorageSection::default();
                 a.history.apply(&mut storage);

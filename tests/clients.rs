@@ -9,15 +9,13 @@
 
 mod common;
 
-use std::{
-    io::Read,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use alloy::primitives::{Address, U256};
-use common::{DEV_KEY_0, Devnet, node_bin, repo_root, token_deploy_input};
+use common::{
+    DEV_KEY_0, Devnet, node_bin, repo_root, token_deploy_input,
+    tools::{run_captured, tools_present},
+};
 
 /// Each script takes a few seconds; a hung one fails the test instead of hanging it.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -26,9 +24,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 fn viem_client_works_against_devnet() {
     let root = repo_root();
     if !tools_present(
-        "viem",
+        "viem client test",
         &[root.join("node_modules/viem/package.json")],
-        "node",
+        &["node"],
     ) {
         return;
     }
@@ -42,9 +40,9 @@ fn viem_client_works_against_devnet() {
 fn ethers_client_works_against_devnet() {
     let root = repo_root();
     if !tools_present(
-        "ethers",
+        "ethers client test",
         &[root.join("node_modules/ethers/package.json")],
-        "node",
+        &["node"],
     ) {
         return;
     }
@@ -62,16 +60,20 @@ fn ethers_client_works_against_devnet() {
 fn cast_send_call_and_run_work_against_devnet() {
     let cast_bin = node_bin("cast");
     if !tools_present(
-        "cast",
+        "cast client test",
         std::slice::from_ref(&cast_bin),
-        cast_bin.to_str().unwrap_or_default(),
+        &[cast_bin.to_str().unwrap_or_default()],
     ) {
         return;
     }
     let node = Devnet::start(&[]);
     let url = node.url();
     let cast = |args: &[&str]| {
-        let out = run_captured("cast", Command::new(&cast_bin).args(args));
+        let out = run_captured(
+            "cast",
+            Command::new(&cast_bin).current_dir(repo_root()).args(args),
+            CLIENT_TIMEOUT,
+        );
         assert!(
             out.status.is_some_and(|s| s.success()),
             "cast {} failed against {url}\n{}",
@@ -201,7 +203,10 @@ fn cast_send_call_and_run_work_against_devnet() {
         .expect("transaction hash");
     let run = run_captured(
         "cast run",
-        Command::new(&cast_bin).args(["run", "--rpc-url", &url, hash]),
+        Command::new(&cast_bin)
+            .current_dir(repo_root())
+            .args(["run", "--rpc-url", &url, hash]),
+        CLIENT_TIMEOUT,
     );
     assert!(
         run.stdout.contains("[Revert] Reverter: always reverts"),
@@ -216,9 +221,9 @@ fn web3py_client_works_against_devnet() {
     let root = repo_root();
     let python = root.join(".venv/bin/python");
     if !tools_present(
-        "web3.py",
+        "web3.py client test",
         std::slice::from_ref(&python),
-        python.to_str().unwrap_or_default(),
+        &[python.to_str().unwrap_or_default()],
     ) {
         return;
     }
@@ -228,54 +233,13 @@ fn web3py_client_works_against_devnet() {
     );
 }
 
-/// Whether `paths` exist and `program --version` runs. Missing tools skip the test with a
-/// message, or fail it when CI is set.
-fn tools_present(client: &str, paths: &[PathBuf], program: &str) -> bool {
-    let missing: Vec<String> = paths
-        .iter()
-        .filter(|p| !p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    let runs = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if missing.is_empty() && runs {
-        return true;
-    }
-    let what = if runs {
-        format!("missing {}", missing.join(", "))
-    } else {
-        format!("`{program} --version` does not run")
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{client} client test: {what} (CI is set, so this is a failure; run scripts/setup.sh)"
-        );
-    }
-    eprintln!(
-        "SKIPPED {client} client test: {what}; run scripts/setup.sh to install it (with CI set this fails)"
-    );
-    false
-}
-
-/// Kills the child on drop, so that a failing test leaves no process behind.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn run_client(client: &str, command: &mut Command) {
     let node = Devnet::start(&[]);
-    let out = run_captured(client, command.env("RPC_URL", node.url()));
+    let out = run_captured(
+        client,
+        command.current_dir(repo_root()).env("RPC_URL", node.url()),
+        CLIENT_TIMEOUT,
+    );
     match out.status {
         Some(status) if status.success() => {
             println!(
@@ -293,55 +257,4 @@ fn run_client(client: &str, command: &mut Command) {
             out.report
         ),
     }
-}
-
-/// What a tool run printed and how it ended (`None`: killed after [`CLIENT_TIMEOUT`]).
-struct Captured {
-    status: Option<std::process::ExitStatus>,
-    stdout: String,
-    report: String,
-    secs: f64,
-}
-
-/// Runs `command` in the repository root with piped output, killing it after [`CLIENT_TIMEOUT`].
-fn run_captured(tool: &str, command: &mut Command) -> Captured {
-    let started = Instant::now();
-    let child = command
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {tool}: {e}"));
-    let mut child = ChildGuard(child);
-    let stdout = drain(child.0.stdout.take().expect("stdout"));
-    let stderr = drain(child.0.stderr.take().expect("stderr"));
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait for the child") {
-            break Some(status);
-        }
-        if started.elapsed() > CLIENT_TIMEOUT {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    drop(child);
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    let report = format!("--- {tool} stdout ---\n{stdout}--- {tool} stderr ---\n{stderr}");
-    Captured {
-        status,
-        stdout,
-        report,
-        secs: started.elapsed().as_secs_f64(),
-    }
-}
-
-/// Reads a pipe to its end on a thread (a full pipe would block the child).
-fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }

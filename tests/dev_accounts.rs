@@ -130,3 +130,76 @@ async fn a_node_without_dev_accounts_signs_for_nobody() {
     );
     unknown_account(rpc.call("personal_sign", json!(["0x00", dev0])).await);
 }
+
+/// Nick's method, the keyless way singletons (the CREATE2 deployer, ERC-1820) are deployed on
+/// every chain: a pre-EIP-155 deployment with a made-up signature, whose recovered sender
+/// nobody holds a key for, so the contract lands at the same address everywhere. Refused by
+/// default (tests/bad_input.rs); accepted with `--rpc-allow-unprotected-txs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_deployment_needs_the_unprotected_opt_in() {
+    use alloy::consensus::{SignableTransaction, TxEnvelope, TxLegacy};
+    use alloy::eips::eip2718::Encodable2718;
+    use alloy::primitives::TxKind;
+
+    // Runtime code that returns 42; the init code copies it out.
+    let init_code = Bytes::from_static(&alloy::hex!("69602a60005260206000f3600052600a6016f3"));
+    let tx = TxLegacy {
+        chain_id: None,
+        nonce: 0,
+        gas_price: 100 * common::GWEI,
+        gas_limit: 100_000,
+        to: TxKind::Create,
+        value: U256::ZERO,
+        input: init_code,
+    };
+    // The first made-up r that is a curve point's x gives a sender.
+    let (signed, keyless) = (1u8..)
+        .find_map(|byte| {
+            let signature = Signature::new(
+                U256::from_be_bytes([byte; 32]),
+                U256::from_be_bytes([0x22; 32]),
+                false,
+            );
+            let signed = tx.clone().into_signed(signature);
+            let sender = signed.recover_signer().ok()?;
+            Some((signed, sender))
+        })
+        .expect("a valid made-up signature");
+    let raw = Bytes::from(TxEnvelope::from(signed).encoded_2718());
+
+    let node = Devnet::start(&["--rpc-allow-unprotected-txs"]);
+    let rpc = Rpc::new(&node.url());
+    // Fund the keyless sender with exactly its gas, as the singletons' deploy scripts do.
+    let fee = U256::from(100_000u64) * U256::from(100 * common::GWEI);
+    let funding: B256 = serde_json::from_value(
+        rpc.ok(
+            "eth_sendTransaction",
+            json!([{"from": dev_signer(5).address(), "to": keyless, "value": format!("{fee:#x}")}]),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(rpc.wait_receipt(funding, RECEIPT_TIMEOUT).await.status, 1);
+
+    let hash: B256 =
+        serde_json::from_value(rpc.ok("eth_sendRawTransaction", json!([raw])).await).unwrap();
+    let receipt = rpc.wait_receipt(hash, RECEIPT_TIMEOUT).await;
+    assert_eq!(receipt.status, 1);
+    let contract = keyless.create(0);
+    assert_eq!(receipt.contract_address, Some(contract));
+    let answer = rpc
+        .ok("eth_call", json!([{"to": contract}, "latest"]))
+        .await;
+    assert_eq!(quantity(&answer), U256::from(42));
+    // Served as what it is: a legacy transaction without a chain id.
+    let served = rpc.ok("eth_getTransactionByHash", json!([hash])).await;
+    assert_eq!(served["type"], "0x0");
+    assert!(
+        served.get("chainId").is_none_or(|c| c.is_null()),
+        "{served}"
+    );
+    assert!(
+        matches!(served["v"].as_str(), Some("0x1b" | "0x1c")),
+        "{served}"
+    );
+}

@@ -27,6 +27,10 @@ pub struct ExecConfig {
     /// EIP-1559 change denominator and elasticity.
     pub base_fee_max_change_denominator: u64,
     pub base_fee_elasticity_multiplier: u64,
+    /// Where the state keeps the L1 origin's parent beacon root, which EIP-4788's system call
+    /// stores at each block's start and the header carries; `None`: zero.
+    #[serde(default)]
+    pub beacon_root_source: Option<crate::system::StorageLocation>,
 }
 
 impl ExecConfig {
@@ -40,6 +44,7 @@ impl ExecConfig {
             allow_unprotected_txs: false,
             base_fee_max_change_denominator: 8,
             base_fee_elasticity_multiplier: 2,
+            beacon_root_source: None,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::{
     config::ExecConfig,
     receipt::build_receipt,
     state::{Overlay, StateDiff, StateError, StateReader},
+    system,
     tx::{TxError, to_tx_env},
     types::{RecoveredTx, TxReceipt},
 };
@@ -101,6 +102,10 @@ pub struct BatchResult {
 /// described by `block`, which has already used `block_gas_used` gas and emitted `block_logs`
 /// logs. Transactions that break a consensus rule are rejected and the rest go on; only a
 /// failure of the state backend aborts the batch.
+///
+/// A batch with `block_gas_used` zero is the block's first (every included transaction uses
+/// gas): it starts with the block's system calls ([`crate::system`]), whose writes are part of
+/// its diff. A batch that includes nothing is not committed, so the next one runs them again.
 pub fn execute_batch<R: StateReader>(
     config: &ExecConfig,
     block: &BlockContext,
@@ -109,11 +114,17 @@ pub fn execute_batch<R: StateReader>(
     block_gas_used: u64,
     block_logs: u64,
 ) -> Result<BatchResult, StateError> {
+    let system_calls = if block_gas_used == 0 {
+        system::block_start_calls(config, block, &state)?
+    } else {
+        Vec::new()
+    };
     let mut evm = Context::mainnet()
         .with_db(Overlay::new(state))
         .with_cfg(config.cfg_env())
         .with_block(block.block_env())
         .build_mainnet();
+    system::run_block_start(&mut evm, &system_calls)?;
     let mut outcomes = Vec::with_capacity(txs.len());
     let mut ledger = BlockLedger::new(block, block_gas_used, block_logs);
     for tx in txs {

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod parallel;
 pub mod receipt;
 pub mod state;
+pub mod system;
 #[cfg(test)]
 mod test_deposits;
 pub mod trace;

@@ -135,6 +135,8 @@ pub enum SequentialReason {
     /// The batch carries L1 deposits, which mint outside the EVM (rare: once per L1 block at
     /// most).
     Deposits,
+    /// The block's first batch, which starts with its system calls (once per EVM block).
+    BlockStart,
 }
 
 /// What happened while executing one batch.
@@ -276,8 +278,11 @@ impl ParallelExecutor {
         block_gas_used: u64,
         block_logs: u64,
     ) -> Result<(BatchResult, BatchStats), StateError> {
+        let opens_block = block_gas_used == 0
+            && !crate::system::block_start_calls(config, block, &state)?.is_empty();
         let sequential = match self.sequential_reason(config, &txs) {
             Some(reason) => Some(reason),
+            None if opens_block => Some(SequentialReason::BlockStart),
             None if self.conflicts_dominate() => Some(SequentialReason::ConflictHistory),
             None => None,
         };

@@ -82,11 +82,15 @@ pub fn trace_block<R: StateReader>(
     options: &GethDebugTracingOptions,
 ) -> Result<Vec<TxTrace>, TraceError> {
     let block_env = block.block_env();
+    let system_calls = crate::system::block_start_calls(config, block, &state)?;
     let mut evm: TracingEvm<R> = Context::mainnet()
         .with_db(Overlay::new(state))
         .with_cfg(config.cfg_env())
         .with_block(block_env.clone())
         .build_mainnet_with_inspector(inspector(options)?);
+    // Not traced, as geth does not trace them, but their writes are what the block's
+    // transactions read.
+    crate::system::run_block_start(&mut evm, &system_calls)?;
     let mut ledger = BlockLedger::new(block, 0, 0);
     let end = only.map_or(txs.len(), |i| (i + 1).min(txs.len()));
     let mut out = Vec::new();

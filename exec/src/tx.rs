@@ -105,6 +105,14 @@ pub enum TxError {
 /// state: size, type, chain id, signature malleability, intrinsic gas, gas against the block
 /// limit, fee fields and initcode size. Never panics on any input.
 pub fn decode_and_recover(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx, TxError> {
+    decode_submitted(raw, config, Admission::Node)
+}
+
+fn decode_submitted(
+    raw: &[u8],
+    config: &ExecConfig,
+    admission: Admission,
+) -> Result<RecoveredTx, TxError> {
     if raw.len() > config.max_tx_size_bytes {
         return Err(TxError::Oversized {
             size: raw.len(),
@@ -127,7 +135,18 @@ pub fn decode_and_recover(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx
             )));
         }
     }
-    decode_checked(raw, config)
+    decode_checked(raw, config, admission)
+}
+
+/// Whose rule on unprotected (pre-EIP-155) transactions applies: refusing them is a node's
+/// RPC policy (geth's `--rpc.allow-unprotected-txs`), not a chain rule, so a block that carries
+/// one is valid on every node whatever its own policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// A client's submission: [`ExecConfig::allow_unprotected_txs`] decides.
+    Node,
+    /// A transaction already in a block (a peer's proposal, the log, L1).
+    Block,
 }
 
 /// Decodes a transaction of a block: a client's transaction with every check
@@ -154,7 +173,7 @@ pub fn decode_block_tx(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx, T
             raw: Bytes::copy_from_slice(raw),
         });
     }
-    decode_and_recover(raw, config)
+    decode_submitted(raw, config, Admission::Block)
 }
 
 /// The 2718 envelope, with nothing after it.
@@ -171,9 +190,14 @@ fn decode_exact(raw: &[u8]) -> Result<OpTxEnvelope, TxError> {
     Ok(envelope)
 }
 
-fn decode_checked(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx, TxError> {
+fn decode_checked(
+    raw: &[u8],
+    config: &ExecConfig,
+    admission: Admission,
+) -> Result<RecoveredTx, TxError> {
     let envelope = decode_exact(raw)?;
-    check_static(&envelope, config)?;
+    let unprotected_ok = admission == Admission::Block || config.allow_unprotected_txs;
+    check_static(&envelope, config, unprotected_ok)?;
     let sender = recover_sender(&envelope)?;
     let hash = envelope.tx_hash();
     Ok(RecoveredTx {
@@ -184,8 +208,13 @@ fn decode_checked(raw: &[u8], config: &ExecConfig) -> Result<RecoveredTx, TxErro
     })
 }
 
-/// The stateless rules, in the order geth checks them.
-pub fn check_static(tx: &OpTxEnvelope, config: &ExecConfig) -> Result<(), TxError> {
+/// The stateless rules, in the order geth checks them; `unprotected_ok`: a transaction without
+/// a chain id passes (it is valid on chain; refusing it is a node's policy).
+pub fn check_static(
+    tx: &OpTxEnvelope,
+    config: &ExecConfig,
+    unprotected_ok: bool,
+) -> Result<(), TxError> {
     match tx {
         OpTxEnvelope::Deposit(_) => return Err(TxError::DepositNotSubmittable),
         OpTxEnvelope::PostExec(_) => return Err(TxError::UnsupportedType),
@@ -195,7 +224,7 @@ pub fn check_static(tx: &OpTxEnvelope, config: &ExecConfig) -> Result<(), TxErro
         _ => {}
     }
     match tx.chain_id() {
-        None if !config.allow_unprotected_txs => return Err(TxError::Unprotected),
+        None if !unprotected_ok => return Err(TxError::Unprotected),
         None => {}
         Some(have) if have != config.chain_id => {
             return Err(TxError::WrongChainId {
@@ -410,6 +439,16 @@ mod tests {
         let sig = signer().sign_transaction_sync(&mut legacy).unwrap();
         let raw = alloy_consensus::TxEnvelope::from(legacy.clone().into_signed(sig)).encoded_2718();
         assert_eq!(decode_and_recover(&raw, &config), Err(TxError::Unprotected));
+        // Valid in a block whatever this node's policy, and accepted where the node allows it.
+        assert!(decode_block_tx(&raw, &config).is_ok());
+        let allowing = ExecConfig {
+            allow_unprotected_txs: true,
+            ..config.clone()
+        };
+        assert_eq!(
+            decode_and_recover(&raw, &allowing).unwrap().sender,
+            signer().address()
+        );
 
         let mut tx = eip1559(31337, 21_000);
         let sig = signer().sign_transaction_sync(&mut tx).unwrap();

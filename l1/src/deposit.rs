@@ -159,6 +159,8 @@ pub mod l1_block_slots {
     /// `number` (low 64 bits) and `timestamp` (next 64 bits).
     pub const NUMBER_AND_TIME: U256 = U256::ZERO;
     pub const HASH: U256 = U256::from_limbs([2, 0, 0, 0]);
+    /// `parentBeaconRoot`: the L1 origin's, which each L2 block's start stores (EIP-4788).
+    pub const PARENT_BEACON_ROOT: U256 = U256::from_limbs([4, 0, 0, 0]);
     /// `depositsProcessed` (low 64 bits).
     pub const DEPOSITS_PROCESSED: U256 = U256::from_limbs([5, 0, 0, 0]);
 }

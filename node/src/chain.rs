@@ -344,7 +344,8 @@ impl StateReader for LiveState<'_> {
 }
 
 /// The chain's genesis: the configured file or the dev genesis, with the L2 predeploys (the
-/// L1-origin record and the message passer) and the preinstalls (the CREATE2 deployer) added
+/// L1-origin record and the message passer) and the preinstalls (the CREATE2 deployer, the
+/// EIP-4788 and EIP-2935 system contracts) added
 /// where the allocation leaves them free.
 pub fn genesis(config: &NodeConfig) -> Result<Genesis, NodeError> {
     let mut genesis = match &config.chain.genesis {
@@ -359,18 +360,18 @@ pub fn genesis(config: &NodeConfig) -> Result<Genesis, NodeError> {
             config.chain.block_gas_limit,
         ),
     };
-    let contracts = rtchain_l1::contracts::predeploys()
+    let predeploys = rtchain_l1::contracts::predeploys()
         .into_iter()
-        .chain(rtchain_state::genesis::preinstalls());
-    for (address, code) in contracts {
+        .map(|(address, code)| {
+            let account = rtchain_state::genesis::GenesisAccount {
+                code: Some(code),
+                ..Default::default()
+            };
+            (address, account)
+        });
+    for (address, account) in predeploys.chain(rtchain_state::genesis::preinstalls()) {
         if !genesis.alloc.iter().any(|(a, _)| *a == address) {
-            genesis.alloc.push((
-                address,
-                rtchain_state::genesis::GenesisAccount {
-                    code: Some(code),
-                    ..Default::default()
-                },
-            ));
+            genesis.alloc.push((address, account));
         }
     }
     Ok(genesis)
@@ -399,6 +400,11 @@ pub fn open(
         spec,
         block_gas_limit: genesis.gas_limit,
         coinbase: config.chain.coinbase,
+        allow_unprotected_txs: config.rpc.allow_unprotected_txs,
+        beacon_root_source: Some(rtchain_exec::system::StorageLocation {
+            address: rtchain_l1::contracts::L1_BLOCK_ADDRESS,
+            slot: rtchain_l1::deposit::l1_block_slots::PARENT_BEACON_ROOT,
+        }),
         ..ExecConfig::dev(genesis.chain_id)
     };
     let mut store = Store::open(&dir.join("db"))?;

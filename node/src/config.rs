@@ -192,6 +192,11 @@ pub struct RpcSection {
     /// eth_sign, personal_sign), as anvil and hardhat do. Their keys are public: only with the
     /// built-in dev genesis (the devnet turns it on).
     pub dev_accounts: bool,
+    /// Accept legacy transactions without a chain id (pre-EIP-155) from clients, as geth's
+    /// `--rpc.allow-unprotected-txs`: such a transaction can be replayed on any chain, but it
+    /// is the keyless way the CREATE2 deployer and other singletons are deployed. A node
+    /// policy, not a chain rule: blocks carrying one are valid on every node.
+    pub allow_unprotected_txs: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -373,6 +378,7 @@ impl Default for RpcSection {
             max_batch_len: 100,
             allowed_origins: vec!["local".to_owned()],
             dev_accounts: false,
+            allow_unprotected_txs: false,
         }
     }
 }

@@ -193,6 +193,8 @@ pub struct DevnetOptions {
     pub history: rtchain_state::HistoryMode,
     /// Web origins allowed to use the RPC from a browser (`rpc.allowed_origins`).
     pub allowed_origins: Vec<String>,
+    /// Accept unprotected (pre-EIP-155) transactions (`rpc.allow_unprotected_txs`).
+    pub allow_unprotected_txs: bool,
 }
 
 /// `rtchain devnet`: one validator in this process, or `validators` node processes.
@@ -216,6 +218,7 @@ pub async fn run(options: DevnetOptions) -> Result<(), String> {
     };
     config.rpc.addr = options.rpc_addr;
     config.rpc.allowed_origins = options.allowed_origins.clone();
+    config.rpc.allow_unprotected_txs = options.allow_unprotected_txs;
     // Like anvil and hardhat: the dev accounts sign through the RPC (their keys are public).
     config.rpc.dev_accounts = options.genesis.is_none();
     config.chain.chain_id = options.chain_id;

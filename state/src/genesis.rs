@@ -79,9 +79,30 @@ pub const CREATE2_DEPLOYER_CODE: [u8; 69] = alloy_primitives::hex!(
 );
 
 /// Contracts every rtchain genesis carries where its allocation leaves the address free, as OP
-/// chains' preinstalls.
-pub fn preinstalls() -> Vec<(Address, Bytes)> {
-    vec![(CREATE2_DEPLOYER, Bytes::from_static(&CREATE2_DEPLOYER_CODE))]
+/// chains' preinstalls: the CREATE2 deployer, and the system contracts of EIP-4788 (beacon
+/// roots) and EIP-2935 (block hashes) that every block's start calls, with nonce 1 as geth's dev
+/// genesis and their mainnet deployments have them.
+pub fn preinstalls() -> Vec<(Address, GenesisAccount)> {
+    use rtchain_exec::system;
+    let contract = |code: Bytes, nonce: u64| GenesisAccount {
+        code: Some(code),
+        nonce,
+        ..Default::default()
+    };
+    vec![
+        (
+            CREATE2_DEPLOYER,
+            contract(Bytes::from_static(&CREATE2_DEPLOYER_CODE), 0),
+        ),
+        (
+            system::BEACON_ROOTS_ADDRESS,
+            contract(system::BEACON_ROOTS_CODE.clone(), 1),
+        ),
+        (
+            system::HISTORY_STORAGE_ADDRESS,
+            contract(system::HISTORY_STORAGE_CODE.clone(), 1),
+        ),
+    ]
 }
 
 impl Genesis {

@@ -1,6 +1,8 @@
 //! Test harness: real `rtchain devnet` processes on loopback, killed on drop.
 #![allow(dead_code)]
 
+pub mod tools;
+
 use std::{
     io::{BufRead, BufReader},
     net::TcpListener,

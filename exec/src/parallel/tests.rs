@@ -1036,6 +1036,44 @@ fn small_batches_and_one_thread_run_sequentially() {
 }
 
 #[test]
+fn a_blocks_first_batch_runs_its_system_calls_sequentially_and_equal() {
+    use crate::system::{
+        BEACON_ROOTS_ADDRESS, BEACON_ROOTS_CODE, HISTORY_STORAGE_ADDRESS, HISTORY_STORAGE_CODE,
+    };
+    let mut state = world().state.clone();
+    state.set_account(
+        BEACON_ROOTS_ADDRESS,
+        U256::ZERO,
+        1,
+        BEACON_ROOTS_CODE.clone(),
+    );
+    state.set_account(
+        HISTORY_STORAGE_ADDRESS,
+        U256::ZERO,
+        1,
+        HISTORY_STORAGE_CODE.clone(),
+    );
+    let built = build(&default_params(), &fixed_ops(200, 0), &[Kind::Erc20]);
+    let config = ExecConfig::dev(CHAIN_ID);
+    let executor = ParallelExecutor::new(ParallelConfig::with_threads(2)).expect("pool");
+    let run = |gas_used: u64| {
+        executor
+            .execute_batch_with_stats(&config, &built.ctx, &state, built.txs.clone(), gas_used, 0)
+            .expect("executes")
+    };
+    let (first, stats) = run(0);
+    assert_eq!(stats.sequential, Some(SequentialReason::BlockStart));
+    let sequential =
+        execute_batch(&config, &built.ctx, &state, built.txs.clone(), 0, 0).expect("executes");
+    assert_eq!(first, sequential);
+    assert!(first.diff.accounts.contains_key(&HISTORY_STORAGE_ADDRESS));
+    // Later batches of the block speculate as before.
+    let (later, stats) = run(21_000);
+    assert_ne!(stats.sequential, Some(SequentialReason::BlockStart));
+    assert!(!later.diff.accounts.contains_key(&HISTORY_STORAGE_ADDRESS));
+}
+
+#[test]
 fn independent_transfers_validate_without_reexecution() {
     // One transaction per sender, to distinct fresh recipients: nothing to conflict on but the
     // beneficiary, whose fees are lazy.

@@ -785,7 +785,7 @@ impl Sequencer {
     /// the sealer, and makes its successor openable at once. `log` is false during replay (the
     /// seal is logged already), when the block is also sealed inline. Returns the block number.
     fn close_block(&mut self, log: bool, empty_at_us: Option<u64>) -> Result<u64, NodeError> {
-        let open = match self.open.take() {
+        let mut open = match self.open.take() {
             Some(open) => open,
             None => {
                 let parent = self.chain.state.read().closed_parent;
@@ -796,6 +796,9 @@ impl Sequencer {
             }
         };
         let ctx = open.ctx;
+        if open.layout.is_empty() {
+            self.start_empty_block(&mut open)?;
+        }
         let (last_mini, last_mini_hash) = {
             let state = self.chain.state.read();
             (state.last_mini_block, state.last_mini_block_hash)
@@ -848,6 +851,33 @@ impl Sequencer {
             (None, None) => return Err(NodeError::Recovery("no sealer".into())),
         }
         Ok(ctx.number)
+    }
+
+    /// A block without mini-blocks still starts with its system calls (a first mini-block runs
+    /// them in its batch): executed here on its parent's state, identically on every path that
+    /// closes it (sequencing, replay, replicas, derivation), and layered over the newest state
+    /// until sealed so that the next block reads them.
+    fn start_empty_block(&mut self, open: &mut OpenBlock) -> Result<(), NodeError> {
+        let result = self.executor.execute_batch(
+            &self.chain.exec,
+            &open.ctx,
+            self.chain.latest_state(),
+            Vec::new(),
+            0,
+            0,
+        )?;
+        if result.diff.accounts.is_empty() {
+            return Ok(());
+        }
+        open.diff.merge(result.diff.clone());
+        let mut state = self.chain.state.write();
+        let mut layers = Layers {
+            diffs: state.layers.diffs.clone(),
+        };
+        layers.diffs.push(Arc::new(result.diff));
+        state.layers = Arc::new(layers);
+        state.layer_blocks.push(open.ctx.number);
+        Ok(())
     }
 
     /// At exit: everything accepted and not executed is answered as failed (a fast-path client

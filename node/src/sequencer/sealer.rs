@@ -77,9 +77,13 @@ impl Sealer {
                 ctx.number, parent.number
             )));
         }
-        let (state_root, trie) = {
+        let (state_root, trie, parent_beacon_root) = {
             let view = self.chain.store.view();
-            rtchain_state::state_root::apply_diff(&view, parent.state_root, &closed.diff)?
+            // The store holds the parent's final state: what the block's EIP-4788 call read.
+            let beacon_root = rtchain_exec::system::parent_beacon_root(&self.chain.exec, &view)?;
+            let (root, trie) =
+                rtchain_state::state_root::apply_diff(&view, parent.state_root, &closed.diff)?;
+            (root, trie, beacon_root)
         };
         let mut bloom = Bloom::ZERO;
         for r in &closed.receipts {
@@ -110,7 +114,7 @@ impl Sealer {
             withdrawals_root: Some(EMPTY_ROOT_HASH),
             blob_gas_used: Some(0),
             excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(B256::ZERO),
+            parent_beacon_block_root: Some(parent_beacon_root),
             requests_hash: Some(EMPTY_REQUESTS_HASH),
             ..Default::default()
         };
