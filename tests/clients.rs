@@ -1,7 +1,8 @@
 //! Real clients against a devnet: the viem and ethers scripts (tests/js/client.mjs,
 //! tests/js/ethers-client.mjs) and the web3.py script (tests/python/client.py), each deploying the
-//! ERC-20, sending ETH and tokens, reading events and checking revert reasons, plus `cast send`
-//! with its default settings. Each runs as a child process; its output is printed when it fails.
+//! ERC-20, sending ETH and tokens, reading events and checking revert reasons; viem with the
+//! node's dev accounts (tests/js/dev-accounts.mjs); `cast send` with its default settings. Each
+//! runs as a child process; its output is printed when it fails.
 //!
 //! Without node_modules (viem, ethers, cast) or .venv (web3.py) a test is skipped with a message,
 //! unless the environment variable CI is set: in CI a missing tool is a failure
@@ -33,6 +34,24 @@ fn viem_client_works_against_devnet() {
     run_client(
         "viem",
         Command::new("node").arg(root.join("tests/js/client.mjs")),
+    );
+}
+
+/// viem's wallet client without a local account, as a test suite uses anvil's: the devnet's
+/// dev accounts send, deploy and sign (personal_sign, eth_signTypedData_v4) on the node.
+#[test]
+fn viem_uses_the_devnet_dev_accounts() {
+    let root = repo_root();
+    if !tools_present(
+        "viem dev accounts test",
+        &[root.join("node_modules/viem/package.json")],
+        &["node"],
+    ) {
+        return;
+    }
+    run_client(
+        "viem dev accounts",
+        Command::new("node").arg(root.join("tests/js/dev-accounts.mjs")),
     );
 }
 

@@ -284,6 +284,50 @@ async fn four_validators_finalize_through_a_leader_crash_a_pause_and_a_full_rest
         }
     }
     nodes[0] = start(&members[0]);
+    // While it catches up, eth_syncing reports how far (geth's object, in EVM blocks); `false`
+    // again once it keeps up.
+    let target = rpcs[1].block_number().await.unwrap();
+    // Polled without pause: the answer's blocks execute in tens of milliseconds here.
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let syncing = rpcs[0].ok("eth_syncing", serde_json::json!([])).await;
+        if syncing != serde_json::json!(false) {
+            samples.push(syncing);
+        } else if rpcs[0].block_number().await.unwrap() >= target {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "validator 0 did not sync from genesis within 60 s"
+        );
+    }
+    let progress: Vec<[u64; 3]> = samples
+        .iter()
+        .map(|s| {
+            ["startingBlock", "currentBlock", "highestBlock"]
+                .map(|field| common::quantity_u64(&s[field]))
+        })
+        .collect();
+    assert!(
+        progress
+            .iter()
+            .all(|[start, current, highest]| start <= current && current <= highest),
+        "{samples:?}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|[_, current, highest]| *highest > current + 2),
+        "eth_syncing never showed the blocks still to fetch: {samples:?}"
+    );
+    println!(
+        "eth_syncing while catching up ({} samples, {} ahead of the head): first {:?}, last {:?}",
+        progress.len(),
+        progress.iter().filter(|[_, c, h]| h > c).count(),
+        progress.first(),
+        progress.last()
+    );
     catch_up(&rpcs[0], &rpcs[1], "validator 0 to sync from genesis", 60).await;
     assert!(stats(&rpcs[0]).await["syncRounds"].as_u64().unwrap() > 0);
     for r in &receipts {

@@ -1,13 +1,15 @@
 //! The devnet signs for its ten dev accounts as anvil and hardhat do (eth_accounts,
 //! eth_sendTransaction with the missing fields filled, eth_signTransaction, eth_sign,
-//! personal_sign); a node without `rpc.dev_accounts` signs for nobody.
+//! personal_sign, eth_signTypedData_v4); a node without `rpc.dev_accounts` signs for nobody.
 
 mod common;
 
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, Bytes, Signature, U256};
-use common::{Devnet, Rpc, RpcFailure, dev_signer, free_port, quantity, token_deploy_input};
+use common::{
+    CHAIN_ID, Devnet, Rpc, RpcFailure, dev_signer, free_port, quantity, token_deploy_input,
+};
 use serde_json::json;
 
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -93,6 +95,75 @@ async fn the_devnet_signs_for_its_dev_accounts() {
     let signature = Signature::try_from(by_eth_sign.as_ref()).expect("65 bytes");
     assert_eq!(signature.recover_address_from_msg(message).unwrap(), dev[3]);
 
+    // eth_signTypedData_v4: EIP-712, the typed data as an object or as a string holding its
+    // JSON (as viem and MetaMask send it); the expected hash comes from alloy's sol! types.
+    alloy::sol! {
+        struct Mail { address to; string contents; uint256 amount; }
+    }
+    let verifying_contract = Address::repeat_byte(0xcc);
+    let domain = alloy::sol_types::eip712_domain! {
+        name: "rtchain test",
+        version: "1",
+        chain_id: CHAIN_ID,
+        verifying_contract: verifying_contract,
+    };
+    let mail = Mail {
+        to,
+        contents: "hello".into(),
+        amount: U256::from(10u64).pow(U256::from(20u64)),
+    };
+    let expected = alloy::sol_types::SolStruct::eip712_signing_hash(&mail, &domain);
+    let typed = json!({
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Mail": [
+                {"name": "to", "type": "address"},
+                {"name": "contents", "type": "string"},
+                {"name": "amount", "type": "uint256"},
+            ],
+        },
+        "primaryType": "Mail",
+        "domain": {
+            "name": "rtchain test",
+            "version": "1",
+            "chainId": CHAIN_ID,
+            "verifyingContract": verifying_contract,
+        },
+        "message": {"to": to, "contents": "hello", "amount": "100000000000000000000"},
+    });
+    let by_object: Bytes =
+        serde_json::from_value(rpc.ok("eth_signTypedData_v4", json!([dev[5], typed])).await)
+            .unwrap();
+    let by_string: Bytes = serde_json::from_value(
+        rpc.ok("eth_signTypedData_v4", json!([dev[5], typed.to_string()]))
+            .await,
+    )
+    .unwrap();
+    assert_eq!(by_object, by_string);
+    let signature = Signature::try_from(by_object.as_ref()).expect("65 bytes");
+    assert_eq!(
+        signature.recover_address_from_prehash(&expected).unwrap(),
+        dev[5]
+    );
+    match rpc
+        .call(
+            "eth_signTypedData_v4",
+            json!([dev[5], {"types": {}, "primaryType": "Missing", "domain": {}, "message": {}}]),
+        )
+        .await
+    {
+        Err(RpcFailure::Error { code, message, .. }) => {
+            assert_eq!(code, -32602, "{message}");
+            assert!(message.contains("typed data"), "{message}");
+        }
+        other => panic!("malformed typed data: {other:?}"),
+    }
+
     // Any other account: geth's refusal, for every signing method.
     let stranger = Address::repeat_byte(0x99);
     unknown_account(
@@ -100,6 +171,10 @@ async fn the_devnet_signs_for_its_dev_accounts() {
             .await,
     );
     unknown_account(rpc.call("eth_sign", json!([stranger, "0x00"])).await);
+    unknown_account(
+        rpc.call("eth_signTypedData_v4", json!([stranger, typed]))
+            .await,
+    );
     // A transaction that cannot succeed is refused with the estimate's error, not sent.
     let broke = rpc
         .call(

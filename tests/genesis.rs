@@ -199,6 +199,20 @@ fn a_chain_id_that_disagrees_with_the_genesis_file_is_refused() {
     );
 }
 
+#[test]
+fn a_fork_scheduled_after_genesis_is_refused() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let mut later = genesis(eoa_balance());
+    later["config"]["pragueTime"] = json!(TIMESTAMP + 3600);
+    let file = write(temp.path(), "genesis.json", &later.to_string());
+    let stderr = devnet_refuses(&temp.path().join("data"), &file, &[]);
+    assert!(
+        stderr.contains(&format!("config.pragueTime is {}", TIMESTAMP + 3600))
+            && stderr.contains("Prague from genesis"),
+        "the error should name the fork and what rtchain runs:\n{stderr}"
+    );
+}
+
 /// Runs `rtchain devnet --genesis FILE` on `data_dir`, which must exit non-zero within 30 s
 /// without a panic; returns its stderr. A node that starts instead is killed and fails the test.
 fn devnet_refuses(data_dir: &Path, file: &Path, extra: &[&str]) -> String {

@@ -119,6 +119,8 @@ pub struct Chain {
     pub settlement: Option<Arc<crate::settlement::Settlement>>,
     /// Why the node stopped itself (a storage failure, a divergence), for its exit.
     failure: parking_lot::Mutex<Option<String>>,
+    /// How far behind its peers or L1 the node knows itself to be (`eth_syncing`).
+    pub catch_up: crate::catch_up::CatchUpStatus,
 }
 
 /// What the sequencer starts from.
@@ -145,14 +147,25 @@ impl Chain {
             }
             let sender = submission.tx.sender;
             let nonce = alloy_consensus::Transaction::nonce(&submission.tx.envelope);
-            let next = pool.next_nonce(sender, state_nonce);
             let limit = self.sequencer.max_queued_per_sender;
+            let mut next = pool.next_nonce(sender, state_nonce);
             if nonce > next && pool.gapped(sender, state_nonce) >= limit {
-                return Err(Rejection::NonceGapFull {
-                    sender,
-                    limit,
-                    next_nonce: next,
-                });
+                // `state_nonce` was read before this lock: a transaction of the sender's that
+                // executed since has left the pool, and the pool alone shows a gap that is not
+                // there. Read it again under the lock (the sequencer publishes a mini-block's
+                // state before it removes its transactions from the pool), then decide.
+                let fresh = rtchain_exec::StateReader::account(&self.latest_state(), sender)
+                    .ok()
+                    .flatten()
+                    .map_or(state_nonce, |a| a.nonce.max(state_nonce));
+                next = pool.next_nonce(sender, fresh);
+                if nonce > next && pool.gapped(sender, fresh) >= limit {
+                    return Err(Rejection::NonceGapFull {
+                        sender,
+                        limit,
+                        next_nonce: next,
+                    });
+                }
             }
             pool.insert(submission.tx.clone());
         }
@@ -452,6 +465,7 @@ pub fn open(
         shutdown: AtomicBool::new(false),
         settlement,
         failure: parking_lot::Mutex::new(None),
+        catch_up: Default::default(),
     };
     Ok((
         chain,

@@ -61,6 +61,10 @@ pub async fn follow(
                         posted.l1_block,
                         if posted.blobs { "blobs" } else { "calldata" }
                     );
+                    // L1 holds blocks up to here: until we have executed them, we are syncing.
+                    chain
+                        .catch_up
+                        .heard(posted.last_block, chain.state.read().head.number);
                     let count = posted.batch.blocks.len();
                     for (i, block) in posted.batch.blocks.into_iter().enumerate() {
                         let mut minis = Vec::with_capacity(block.minis.len());

@@ -13,6 +13,7 @@
 //! `rpc_backend`, the JSON-RPC adapter, does.
 
 pub mod admission;
+pub mod catch_up;
 pub mod chain;
 pub mod cluster;
 pub mod config;

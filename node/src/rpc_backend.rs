@@ -30,7 +30,7 @@ use rtchain_exec::{
 };
 use rtchain_rpc::backend::{
     Backend, BackendError, CallOutcome, ChainEvent, ChainHead, ReceiptView, ReceiptWait, StateAt,
-    TxView,
+    SyncProgress, TxView,
 };
 use rtchain_state::{StoreError, store::HistoricalView};
 use tokio::sync::{broadcast, oneshot, watch};
@@ -468,6 +468,24 @@ impl Backend for NodeBackend {
             .sign_message_sync(message)
             .map_err(|e| BackendError::Internal(format!("signing: {e}")))?;
         Ok(signature.as_bytes().to_vec().into())
+    }
+
+    fn sign_hash(&self, from: Address, hash: B256) -> Result<Bytes, BackendError> {
+        use alloy::signers::SignerSync;
+        let signature = self
+            .dev_signer(from)?
+            .sign_hash_sync(&hash)
+            .map_err(|e| BackendError::Internal(format!("signing: {e}")))?;
+        Ok(signature.as_bytes().to_vec().into())
+    }
+
+    fn sync_progress(&self) -> Option<SyncProgress> {
+        let head = self.chain.state.read().head.number;
+        self.chain.catch_up.progress(head).map(|p| SyncProgress {
+            starting_block: p.starting_block,
+            current_block: p.current_block,
+            highest_block: p.highest_block,
+        })
     }
 
     fn peer_count(&self) -> u64 {

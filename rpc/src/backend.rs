@@ -51,6 +51,16 @@ pub struct ChainHead {
     pub finalized_block_number: u64,
 }
 
+/// How far a catching-up node has come, in EVM block numbers (geth's `eth_syncing` object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// The head when this catch-up began.
+    pub starting_block: u64,
+    pub current_block: u64,
+    /// The newest block a peer (or L1) said exists.
+    pub highest_block: u64,
+}
+
 /// A transaction and where it is, if it has executed.
 #[derive(Debug, Clone)]
 pub struct TxView {
@@ -141,6 +151,19 @@ pub trait Backend: Send + Sync + 'static {
     fn sign_message(&self, from: Address, message: &[u8]) -> Result<Bytes, BackendError> {
         let _ = (from, message);
         Err(BackendError::UnknownAccount)
+    }
+
+    /// A signature by `from` over a 32-byte digest (an EIP-712 signing hash): 65 bytes,
+    /// r || s || v with v 27/28.
+    fn sign_hash(&self, from: Address, hash: B256) -> Result<Bytes, BackendError> {
+        let _ = (from, hash);
+        Err(BackendError::UnknownAccount)
+    }
+
+    /// Catch-up progress for `eth_syncing`; `None` while the node keeps up with its peers (or
+    /// has none).
+    fn sync_progress(&self) -> Option<SyncProgress> {
+        None
     }
 
     /// Peers this node is in touch with (validators and followers heard from recently), for

@@ -407,10 +407,18 @@ fn block_number(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<U64> {
     Ok(U64::from(ctx.backend.head().block_number))
 }
 
-/// The node serves RPC only once it has caught up, so it never reports syncing.
-fn syncing(_: &RpcContext, params: &Params<'_>) -> RpcResult<bool> {
+/// `false` while the node keeps up; while it catches up (from its peers, or from L1), geth's
+/// progress object in EVM block numbers.
+fn syncing(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<serde_json::Value> {
     Args::new(params, 0)?;
-    Ok(false)
+    Ok(match ctx.backend.sync_progress() {
+        None => serde_json::Value::Bool(false),
+        Some(p) => serde_json::json!({
+            "startingBlock": U64::from(p.starting_block),
+            "currentBlock": U64::from(p.current_block),
+            "highestBlock": U64::from(p.highest_block),
+        }),
+    })
 }
 
 /// The accounts the node signs for: the devnet's dev accounts, none elsewhere.

@@ -163,6 +163,7 @@ impl Genesis {
                 "config.chainId must be set and non-zero".into(),
             ));
         }
+        check_fork_schedule(&g.config, g.timestamp)?;
         if g.gas_limit < 21_000 {
             return Err(GenesisError::Invalid(format!(
                 "gasLimit {} is below 21000",
@@ -274,6 +275,108 @@ impl Genesis {
             parent_beacon_block_root: Some(B256::ZERO),
             requests_hash: Some(EMPTY_REQUESTS_HASH),
             ..Default::default()
+        }
+    }
+}
+
+/// rtchain runs every fork through Prague from genesis and none after it (the executor has one
+/// spec). A genesis file's fork schedule may say so, or say nothing; one that schedules a fork
+/// after genesis, or activates a later fork, describes another chain and is refused rather than
+/// silently run as Prague.
+fn check_fork_schedule(
+    config: &alloy_genesis::ChainConfig,
+    genesis_timestamp: u64,
+) -> Result<(), GenesisError> {
+    let blocks = [
+        ("homesteadBlock", config.homestead_block),
+        ("eip150Block", config.eip150_block),
+        ("eip155Block", config.eip155_block),
+        ("eip158Block", config.eip158_block),
+        ("byzantiumBlock", config.byzantium_block),
+        ("constantinopleBlock", config.constantinople_block),
+        ("petersburgBlock", config.petersburg_block),
+        ("istanbulBlock", config.istanbul_block),
+        ("berlinBlock", config.berlin_block),
+        ("londonBlock", config.london_block),
+    ];
+    for (name, block) in blocks {
+        if let Some(block) = block.filter(|&b| b > 0) {
+            return Err(GenesisError::Invalid(format!(
+                "config.{name} is {block}: rtchain runs every fork through Prague from block 0 \
+                 (set it to 0 or remove it)"
+            )));
+        }
+    }
+    let times = [
+        ("shanghaiTime", config.shanghai_time),
+        ("cancunTime", config.cancun_time),
+        ("pragueTime", config.prague_time),
+    ];
+    for (name, time) in times {
+        if let Some(time) = time.filter(|&t| t > genesis_timestamp) {
+            return Err(GenesisError::Invalid(format!(
+                "config.{name} is {time}, after the genesis timestamp {genesis_timestamp}: \
+                 rtchain runs every fork through Prague from genesis (set it to 0 or remove it)"
+            )));
+        }
+    }
+    let later = [
+        ("osakaTime", config.osaka_time),
+        ("amsterdamTime", config.amsterdam_time),
+        ("bpo1Time", config.bpo1_time),
+    ];
+    if let Some((name, time)) = later.into_iter().find_map(|(n, t)| t.map(|t| (n, t))) {
+        return Err(GenesisError::Invalid(format!(
+            "config.{name} is {time}: rtchain runs Prague and no later fork (remove it)"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod fork_schedule_tests {
+    use super::*;
+
+    fn with_config(config: serde_json::Value) -> Result<Genesis, GenesisError> {
+        let g: alloy_genesis::Genesis = serde_json::from_value(serde_json::json!({
+            "config": config,
+            "timestamp": "0x64",
+            "gasLimit": "0x1c9c380",
+            "alloc": {},
+        }))
+        .expect("parses");
+        Genesis::from_alloy(g)
+    }
+
+    #[test]
+    fn forks_at_genesis_or_unnamed_are_accepted() {
+        with_config(serde_json::json!({"chainId": 7})).expect("no schedule");
+        with_config(serde_json::json!({
+            "chainId": 7, "londonBlock": 0, "shanghaiTime": 0, "cancunTime": 100, "pragueTime": 0,
+        }))
+        .expect("everything at genesis");
+    }
+
+    #[test]
+    fn a_fork_after_genesis_or_past_prague_is_refused() {
+        for (config, named) in [
+            (
+                serde_json::json!({"chainId": 7, "londonBlock": 5}),
+                "config.londonBlock is 5",
+            ),
+            (
+                serde_json::json!({"chainId": 7, "pragueTime": 101}),
+                "config.pragueTime is 101",
+            ),
+            (
+                serde_json::json!({"chainId": 7, "osakaTime": 0}),
+                "config.osakaTime is 0",
+            ),
+        ] {
+            match with_config(config) {
+                Err(GenesisError::Invalid(why)) => assert!(why.contains(named), "{why}"),
+                other => panic!("expected {named} refused, got {other:?}"),
+            }
         }
     }
 }

@@ -3,30 +3,15 @@
 // the reason string ("insufficient balance") through eth_call and eth_estimateGas.
 // Run: node tests/js/client.mjs            (RPC_URL defaults to http://127.0.0.1:8545; dev account 0 signs)
 //      RPC_URL=http://127.0.0.1:18545 node tests/js/client.mjs   — prints one line per step, exits 1 on failure.
-import fs from "node:fs";
+import { check, step, tokenArtifact } from "./steps.mjs";
 import { createPublicClient, createWalletClient, defineChain, http, parseEther, parseUnits } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 
 const RPC_URL = process.env.RPC_URL ?? "http://127.0.0.1:8545";
 const KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const RECIPIENT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"; // dev account 1
-const artifact = JSON.parse(fs.readFileSync(new URL("../../contracts/out/Token.json", import.meta.url), "utf8"));
+const artifact = tokenArtifact;
 const { abi, bytecode } = artifact;
-
-function check(cond, msg) {
-  if (!cond) throw new Error(`check failed: ${msg}`);
-}
-async function step(name, fn) {
-  const t0 = performance.now();
-  try {
-    const detail = await fn();
-    console.log(`ok   ${name}${detail ? `: ${detail}` : ""} (${Math.round(performance.now() - t0)} ms)`);
-  } catch (err) {
-    console.error(`FAIL ${name}: ${err?.shortMessage ?? err?.message ?? err}`);
-    if (err?.details) console.error(`     details: ${err.details}`);
-    process.exit(1);
-  }
-}
 
 const account = privateKeyToAccount(KEY0);
 let publicClient, walletClient, token, deployBlock;

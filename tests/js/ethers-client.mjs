@@ -3,28 +3,13 @@
 // revert that throws with the reason "insufficient balance" (eth_call and eth_estimateGas). The provider uses
 // cacheTimeout: -1: ethers caches identical requests for 250 ms, which breaks back-to-back sends (nonce too low).
 // Run: RPC_URL=http://127.0.0.1:18545 node tests/js/ethers-client.mjs   — one line per step, exits 1 on failure.
-import fs from "node:fs";
+import { check, step, tokenArtifact } from "./steps.mjs";
 import { ContractFactory, JsonRpcProvider, Wallet, ZeroAddress, parseEther, parseUnits } from "ethers";
 
 const RPC_URL = process.env.RPC_URL ?? "http://127.0.0.1:8545";
 const KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const RECIPIENT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"; // dev account 1
-const artifact = JSON.parse(fs.readFileSync(new URL("../../contracts/out/Token.json", import.meta.url), "utf8"));
-
-function check(cond, msg) {
-  if (!cond) throw new Error(`check failed: ${msg}`);
-}
-async function step(name, fn) {
-  const t0 = performance.now();
-  try {
-    const detail = await fn();
-    console.log(`ok   ${name}${detail ? `: ${detail}` : ""} (${Math.round(performance.now() - t0)} ms)`);
-  } catch (err) {
-    console.error(`FAIL ${name}: ${err?.shortMessage ?? err?.message ?? err}`);
-    if (err?.info) console.error(`     info: ${JSON.stringify(err.info)}`);
-    process.exit(1);
-  }
-}
+const artifact = tokenArtifact;
 
 const provider = new JsonRpcProvider(RPC_URL, undefined, { cacheTimeout: -1 });
 const wallet = new Wallet(KEY0, provider);

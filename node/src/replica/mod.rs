@@ -188,7 +188,7 @@ impl Replica {
             if self.propose_if_due(seq)? {
                 continue;
             }
-            self.request_sync_if_behind();
+            self.request_sync_if_behind(&chain);
             let others = self.others();
             self.gossip.flush(&mut self.transport, &others);
             if let Some(settlement) = &chain.settlement {
@@ -260,8 +260,10 @@ impl Replica {
                 self.perform(seq, out)
             }
             Some((&KIND_SYNC_REQUEST, req)) => {
+                let chain = seq.chain();
+                let head = chain.state.read().head.number;
                 self.catch_up
-                    .serve(&seq.chain().store, &mut self.transport, from, req)?;
+                    .serve(&chain.store, head, &mut self.transport, from, req)?;
                 Ok(())
             }
             Some((&KIND_SYNC_RESPONSE, resp)) => self.apply_sync(seq, from, resp),
@@ -527,10 +529,14 @@ impl Replica {
     }
 
     /// Asks peers for finalized blocks when behind (a validator) or always (a follower).
-    fn request_sync_if_behind(&mut self) {
+    fn request_sync_if_behind(&mut self, chain: &Chain) {
         match &self.engine {
             Some(engine) => {
                 let known = engine.finalized().1;
+                let behind = known > self.tip.height + sync::SYNC_BEHIND_HEIGHTS;
+                chain
+                    .catch_up
+                    .set_behind_heights(behind, || chain.state.read().head.number);
                 self.catch_up.request_if_behind(
                     &mut self.transport,
                     self.me,
@@ -559,6 +565,11 @@ impl Replica {
         };
         self.stats.inner.lock().sync_rounds += 1;
         let count = answer.blocks.len();
+        // Known before the blocks execute: how far this catch-up goes (`eth_syncing`).
+        let chain = seq.chain().clone();
+        chain
+            .catch_up
+            .heard(answer.peer_head, chain.state.read().head.number);
         for (i, block) in answer.blocks.into_iter().enumerate() {
             // Only the last block's certificate was checked: the others are not kept (we would
             // archive and serve them to peers as if they were).

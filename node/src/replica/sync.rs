@@ -2,9 +2,10 @@
 //! close the gap (we were down longer than peers keep bodies in memory, or we start from
 //! genesis), serving such requests, and a follower's polling.
 //!
-//! A request names the first height wanted and how many blocks; the answer carries the
-//! finalized blocks the peer keeps from there, up to the last one whose finalization certificate
-//! it holds (that certificate proves them all). The asker checks that the blocks extend its tip
+//! A request names the first height wanted and how many blocks; the answer carries the peer's
+//! newest EVM block number (how far a catch-up has to go, for `eth_syncing`) and the finalized
+//! blocks it keeps from there, up to the last one whose finalization certificate it holds (that
+//! certificate proves them all). The asker checks that the blocks extend its tip
 //! and that the certificate finalizes the last one before it delivers any of them.
 
 use std::{
@@ -37,6 +38,9 @@ const SYNC_SMALL_BYTES: usize = 64 << 10;
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// The tip must be stuck this long behind a known finalized height before we fetch.
 const SYNC_STALL: Duration = Duration::from_millis(500);
+/// A validator whose engine knows of finalized heights more than this far past its delivered
+/// tip is catching up (`eth_syncing`); closer, the engine's own body requests keep up.
+pub const SYNC_BEHIND_HEIGHTS: u64 = 8;
 
 /// The catch-up state of one node.
 #[derive(Default)]
@@ -56,6 +60,8 @@ pub struct CatchUp {
 
 /// A checked sync answer: blocks extending our tip, the last one finalized by `certificate`.
 pub struct Answer {
+    /// The answering peer's newest sealed EVM block when it answered.
+    pub peer_head: u64,
     pub blocks: Vec<Block>,
     pub certificate: Certificate,
 }
@@ -135,11 +141,13 @@ impl CatchUp {
         self.inflight = Some((peer, from, now));
     }
 
-    /// Answers a peer's request with the finalized blocks we keep from its height on, up to the
-    /// last one whose finalization certificate we hold.
+    /// Answers a peer's request with our newest sealed EVM block number (`head`) and the
+    /// finalized blocks we keep from its height on, up to the last one whose finalization
+    /// certificate we hold.
     pub fn serve(
         &mut self,
         store: &Store,
+        head: u64,
         transport: &mut Transport,
         from: u16,
         req: &[u8],
@@ -184,6 +192,7 @@ impl CatchUp {
         // An empty answer too: the asker moves on without waiting for a timeout.
         let mut resp = vec![KIND_SYNC_RESPONSE];
         resp.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+        resp.extend_from_slice(&head.to_be_bytes());
         for e in &entries {
             resp.extend_from_slice(&(e.len() as u32).to_be_bytes());
             resp.extend_from_slice(e);
@@ -210,7 +219,7 @@ impl CatchUp {
             Some((peer, start, _)) if peer == from && start == tip_height + 1 => {}
             _ => return None,
         }
-        let Some(blocks) = parse_response(resp) else {
+        let Some((peer_head, blocks)) = parse_response(resp) else {
             tracing::warn!("validator {from}: malformed sync response");
             return None;
         };
@@ -241,6 +250,7 @@ impl CatchUp {
         let certificate = cert.clone();
         self.inflight = None;
         Some(Answer {
+            peer_head,
             blocks: blocks.into_iter().map(|(block, _)| block).collect(),
             certificate,
         })
@@ -253,10 +263,15 @@ impl CatchUp {
     }
 }
 
-/// A sync response's blocks, in order, each with its certificate if it came with one.
-fn parse_response(resp: &[u8]) -> Option<Vec<(Block, Option<Certificate>)>> {
+/// A finalized block as kept and served, with its finalization certificate if we hold it.
+type KeptBlock = (Block, Option<Certificate>);
+
+/// A sync response's peer head and blocks, in order, each with its certificate if it came with
+/// one.
+fn parse_response(resp: &[u8]) -> Option<(u64, Vec<KeptBlock>)> {
     let count = u16::from_be_bytes(resp.get(..2)?.try_into().ok()?) as usize;
-    let mut rest = &resp[2..];
+    let head = u64::from_be_bytes(resp.get(2..10)?.try_into().ok()?);
+    let mut rest = &resp[10..];
     let mut out = Vec::with_capacity(count.min(SYNC_BLOCKS_MAX as usize));
     for _ in 0..count {
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -264,5 +279,5 @@ fn parse_response(resp: &[u8]) -> Option<Vec<(Block, Option<Certificate>)>> {
         out.push(decode_final(entry)?);
         rest = &rest[4 + len..];
     }
-    rest.is_empty().then_some(out)
+    rest.is_empty().then_some((head, out))
 }
