@@ -163,6 +163,24 @@ async fn the_devnet_signs_for_its_dev_accounts() {
         }
         other => panic!("malformed typed data: {other:?}"),
     }
+    // A type that contains itself can only be signed as far as the message nests it: a cycle in
+    // the types alone is answered, not looped on.
+    let cyclic = json!({
+        "types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}],
+            "Node": [{"name": "next", "type": "Node"}, {"name": "value", "type": "uint256"}],
+        },
+        "primaryType": "Node",
+        "domain": {"name": "cycle"},
+        "message": {"next": {"next": {"value": "1"}, "value": "2"}, "value": "3"},
+    });
+    let answer = rpc
+        .call("eth_signTypedData_v4", json!([dev[5], cyclic]))
+        .await;
+    assert!(
+        matches!(answer, Ok(_) | Err(RpcFailure::Error { code: -32602, .. })),
+        "{answer:?}"
+    );
 
     // Any other account: geth's refusal, for every signing method.
     let stranger = Address::repeat_byte(0x99);

@@ -1,8 +1,9 @@
 //! Signing for the accounts the node holds keys for (on the devnet, its ten dev accounts, as
 //! anvil and hardhat do): `eth_sendTransaction`, `eth_signTransaction`, `eth_sign`,
-//! `personal_sign` and `eth_signTypedData_v4` (EIP-712). Fields a request leaves out are filled as geth fills them: the pending
-//! nonce, the estimated gas, EIP-1559 fees from the next base fee and the suggested tip, the
-//! chain id. Elsewhere every account is unknown (`-32000 unknown account`).
+//! `personal_sign` and `eth_signTypedData_v4` (EIP-712). Fields a request leaves out are filled
+//! as geth fills them: the pending nonce, the estimated gas, EIP-1559 fees from the next base fee
+//! and the suggested tip, the chain id. Elsewhere every account is unknown
+//! (`-32000 unknown account`).
 
 use alloy_consensus::TypedTransaction;
 use alloy_dyn_abi::TypedData;
