@@ -1,6 +1,7 @@
 //! The devnet signs for its ten dev accounts as anvil and hardhat do (eth_accounts,
 //! eth_sendTransaction with the missing fields filled, eth_signTransaction, eth_sign,
-//! personal_sign, eth_signTypedData_v4); a node without `rpc.dev_accounts` signs for nobody.
+//! personal_sign, eth_signTypedData_v4) and serves evm_mine; a node without `rpc.dev_accounts`
+//! signs for nobody and has no evm_mine.
 
 mod common;
 
@@ -182,6 +183,28 @@ async fn the_devnet_signs_for_its_dev_accounts() {
         "{answer:?}"
     );
 
+    // evm_mine: answers once more blocks are sealed (the idle empty blocks come every second);
+    // a chosen timestamp is refused.
+    let before = rpc.block_number().await.unwrap();
+    assert_eq!(rpc.ok("evm_mine", json!([])).await, json!("0x0"));
+    assert!(rpc.block_number().await.unwrap() > before);
+    let before = rpc.block_number().await.unwrap();
+    assert_eq!(
+        rpc.ok("evm_mine", json!([{"blocks": 2}])).await,
+        json!("0x0")
+    );
+    assert!(rpc.block_number().await.unwrap() >= before + 2);
+    for refused in [
+        json!([1_700_000_000u64]),
+        json!([{"timestamp": "0x1"}]),
+        json!([{"blocks": 0}]),
+    ] {
+        match rpc.call("evm_mine", refused.clone()).await {
+            Err(RpcFailure::Error { code, .. }) => assert_eq!(code, -32602, "{refused}"),
+            other => panic!("evm_mine {refused}: {other:?}"),
+        }
+    }
+
     // Any other account: geth's refusal, for every signing method.
     let stranger = Address::repeat_byte(0x99);
     unknown_account(
@@ -222,6 +245,10 @@ async fn a_node_without_dev_accounts_signs_for_nobody() {
             .await,
     );
     unknown_account(rpc.call("personal_sign", json!(["0x00", dev0])).await);
+    match rpc.call("evm_mine", json!([])).await {
+        Err(RpcFailure::Error { code, .. }) => assert_eq!(code, -32601),
+        other => panic!("evm_mine on a node without dev accounts: {other:?}"),
+    }
 }
 
 /// Nick's method, the keyless way singletons (the CREATE2 deployer, ERC-1820) are deployed on

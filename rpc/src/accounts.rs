@@ -12,11 +12,13 @@ use alloy_rpc_types_eth::TransactionRequest;
 use jsonrpsee::core::RegisterMethodError;
 use jsonrpsee::types::Params;
 
+use std::{sync::Arc, time::Duration};
+
 use crate::RpcContext;
 use crate::backend::{BackendError, StateAt};
-use crate::error::{RpcResult, from_backend, invalid_params};
+use crate::error::{RpcResult, from_backend, invalid_params, method_not_found, server_error};
 use crate::eth::{Module, estimated_gas, normalize_input, register_heavy};
-use crate::params::Args;
+use crate::params::{Args, HexOrDecimal};
 
 pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
     register_heavy(module, "eth_sendTransaction", send_transaction)?;
@@ -27,6 +29,7 @@ pub(crate) fn register(module: &mut Module) -> Result<(), RegisterMethodError> {
     // the same, so one handler serves both, as anvil's does.
     register_heavy(module, "eth_signTypedData_v4", sign_typed_data)?;
     register_heavy(module, "eth_signTypedData_v3", sign_typed_data)?;
+    module.register_async_method("evm_mine", |params, ctx, _| evm_mine(ctx, params))?;
     Ok(())
 }
 
@@ -121,4 +124,64 @@ fn sign_typed_data(ctx: &RpcContext, params: &Params<'_>) -> RpcResult<Bytes> {
         .eip712_signing_hash()
         .map_err(|e| invalid_params(format!("invalid argument 1: typed data: {e}")))?;
     ctx.backend.sign_hash(from, hash).map_err(from_backend)
+}
+
+/// At most this many blocks per `evm_mine`.
+const MINE_BLOCKS_MAX: u64 = 1_000;
+/// How long `evm_mine` waits for each block to be sealed.
+const MINE_BLOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// `evm_mine()`, `evm_mine({blocks})` (anvil's and hardhat's), on the devnet only: answers `"0x0"`
+/// once that many more blocks are sealed. The sequencer seals a block (empty if need be) every
+/// block interval on its own, so mining is waiting for it: a block made outside that schedule
+/// would be an edit beside the durable log. A timestamp cannot be chosen, because blocks carry
+/// the wall-clock time of their sealing, and asking for one is refused.
+async fn evm_mine(ctx: Arc<RpcContext>, params: Params<'static>) -> RpcResult<String> {
+    if ctx.backend.accounts().is_empty() {
+        return Err(method_not_found("evm_mine"));
+    }
+    let blocks = {
+        let mut args = Args::new(&params, 1)?;
+        match args.optional::<serde_json::Value>()? {
+            None => 1,
+            Some(serde_json::Value::Object(options)) => {
+                if options.get("timestamp").is_some_and(|t| !t.is_null()) {
+                    return Err(fixed_timestamps());
+                }
+                match options.get("blocks") {
+                    None | Some(serde_json::Value::Null) => 1,
+                    Some(n) => serde_json::from_value::<HexOrDecimal>(n.clone())
+                        .ok()
+                        .map(|n| n.0)
+                        .filter(|n| (1..=MINE_BLOCKS_MAX).contains(n))
+                        .ok_or_else(|| {
+                            invalid_params(format!(
+                                "invalid argument 0: blocks must be 1 to {MINE_BLOCKS_MAX}"
+                            ))
+                        })?,
+                }
+            }
+            Some(_) => return Err(fixed_timestamps()),
+        }
+    };
+    let Some(mut sealed) = ctx.backend.sealed_watch() else {
+        return Err(method_not_found("evm_mine"));
+    };
+    let target = *sealed.borrow_and_update() + blocks;
+    let wait = MINE_BLOCK_WAIT * blocks as u32;
+    match tokio::time::timeout(wait, sealed.wait_for(|n| *n >= target)).await {
+        Ok(Ok(_)) => Ok("0x0".to_owned()),
+        Ok(Err(_)) => Err(server_error("the node is shutting down")),
+        Err(_) => Err(server_error(format!(
+            "block {target} was not sealed within {} s",
+            wait.as_secs()
+        ))),
+    }
+}
+
+fn fixed_timestamps() -> jsonrpsee::types::ErrorObjectOwned {
+    invalid_params(
+        "evm_mine: a block's timestamp cannot be chosen here (blocks carry the wall-clock time \
+         they are sealed at); call evm_mine() or evm_mine({\"blocks\": n})",
+    )
 }
