@@ -300,12 +300,11 @@ impl Forge {
     /// The CREATE and CREATE2 of the last broadcast of script/Deploy.s.sol, as forge recorded
     /// them; every transaction of it succeeded.
     fn deployments(&self) -> Deployments {
-        let path = self
-            .outputs
-            .join(format!("broadcast/Deploy.s.sol/{CHAIN_ID}/run-latest.json"));
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let run: Value = serde_json::from_str(&text).expect("broadcast JSON");
+        let (text, run) = read_json(
+            &self
+                .outputs
+                .join(format!("broadcast/Deploy.s.sol/{CHAIN_ID}/run-latest.json")),
+        );
         let receipts = run["receipts"].as_array().expect("receipts");
         let transactions = run["transactions"].as_array().expect("transactions");
         assert_eq!(
@@ -358,17 +357,25 @@ impl Forge {
 
     /// A contract's creation code from forge's artifact.
     fn creation_code(&self, contract: &str) -> Vec<u8> {
-        let path = self
-            .outputs
-            .join(format!("out/{contract}.sol/{contract}.json"));
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        let artifact: Value = serde_json::from_str(&text).expect("artifact JSON");
+        let (_, artifact) = read_json(
+            &self
+                .outputs
+                .join(format!("out/{contract}.sol/{contract}.json")),
+        );
         let code = artifact["bytecode"]["object"]
             .as_str()
             .expect("bytecode.object");
         alloy::hex::decode(code.trim_start_matches("0x")).expect("hex bytecode")
     }
+}
+
+/// A file forge wrote: its text (for failure messages) and its JSON.
+fn read_json(path: &std::path::Path) -> (String, Value) {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    (text, value)
 }
 
 async fn number_at(rpc: &Rpc, counter: Address, block: Value) -> U256 {

@@ -13,7 +13,10 @@ use std::{
 };
 
 use alloy::primitives::{Address, B256, Bytes, TxKind, U256, address, b256, hex};
-use common::{Devnet, GWEI, Rpc, dev_signer, free_port, quantity_u64, sign, token_deploy_input};
+use common::{
+    Devnet, GWEI, Rpc, dev_signer, free_port, quantity_u64, sign, token_deploy_input,
+    tools::ChildGuard,
+};
 use serde_json::{Value, json};
 
 const CHAIN_ID: u64 = 4242;
@@ -232,7 +235,7 @@ fn devnet_refuses(data_dir: &Path, file: &Path, extra: &[&str]) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn rtchain");
-    let mut child = KillOnDrop(child);
+    let mut child = ChildGuard(child);
     let stderr = child.0.stderr.take().expect("stderr");
     let stderr = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     // A node that serves prints "RPC: ..." and never exits by itself: stop it then.
@@ -272,16 +275,4 @@ fn devnet_refuses(data_dir: &Path, file: &Path, extra: &[&str]) -> String {
     );
     println!("refused ({status}): {}", stderr.trim());
     stderr
-}
-
-/// Kills a child that is still running when dropped (a failing test leaves no process behind).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

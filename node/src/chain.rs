@@ -95,6 +95,17 @@ pub struct ChainState {
     pub last_mini_block_hash: B256,
 }
 
+impl ChainState {
+    /// Layers `diff`, executed in EVM block `block`, over the newest state until that block is
+    /// sealed. Readers holding the previous layers keep them: the list is copied, not changed.
+    pub fn push_layer(&mut self, diff: Arc<rtchain_exec::StateDiff>, block: u64) {
+        let mut diffs = self.layers.diffs.clone();
+        diffs.push(diff);
+        self.layers = Arc::new(Layers { diffs });
+        self.layer_blocks.push(block);
+    }
+}
+
 pub struct Chain {
     pub exec: ExecConfig,
     pub sequencer: SequencerSection,

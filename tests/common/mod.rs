@@ -194,11 +194,26 @@ impl Devnet {
 }
 
 impl Drop for Devnet {
+    /// SIGTERM first: a devnet that started its own anvil stops it on the way out, where a
+    /// SIGKILL would leave that anvil running. SIGKILL if it has not exited within 10 s.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
         }
+        // SAFETY: kill(2) with a valid pid of our own, not yet reaped, child and a standard
+        // signal.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

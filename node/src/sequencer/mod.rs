@@ -35,7 +35,7 @@ use rtchain_exec::{
     ParallelExecutor, ReceiptView, RecoveredTx, StateDiff, StateError, TxError, TxLocation,
     TxOutcome, TxReceipt, receipt,
 };
-use rtchain_state::{Layers, LogRecord, MiniLog, MiniLogError, minilog::MiniBlockRecord};
+use rtchain_state::{LogRecord, MiniLog, MiniLogError, minilog::MiniBlockRecord};
 
 use self::sealer::{ClosedBlock, Sealer};
 use crate::{
@@ -647,12 +647,7 @@ impl Sequencer {
         let mut views = Vec::with_capacity(txs.len());
         {
             let mut state = self.chain.state.write();
-            let mut layers = Layers {
-                diffs: state.layers.diffs.clone(),
-            };
-            layers.diffs.push(diff);
-            state.layers = Arc::new(layers);
-            state.layer_blocks.push(ctx.number);
+            state.push_layer(diff, ctx.number);
             state.last_mini_block = number;
             state.last_mini_block_hash = hash;
             for (i, (tx, receipt)) in txs.iter().zip(&receipts).enumerate() {
@@ -870,13 +865,10 @@ impl Sequencer {
             return Ok(());
         }
         open.diff.merge(result.diff.clone());
-        let mut state = self.chain.state.write();
-        let mut layers = Layers {
-            diffs: state.layers.diffs.clone(),
-        };
-        layers.diffs.push(Arc::new(result.diff));
-        state.layers = Arc::new(layers);
-        state.layer_blocks.push(open.ctx.number);
+        self.chain
+            .state
+            .write()
+            .push_layer(Arc::new(result.diff), open.ctx.number);
         Ok(())
     }
 
